@@ -1,0 +1,44 @@
+"""Small building blocks shared by the image encoder, prompt encoder and mask decoder."""
+
+from __future__ import annotations
+
+import torch
+
+# timm's channels-first LayerNorm (eps defaults to 1e-6, as SAM's own LayerNorm2d).
+from timm.layers import LayerNorm2d
+from torch import nn
+
+__all__ = ["LayerNorm2d", "MLPBlock", "Conv2dBN"]
+
+
+class MLPBlock(nn.Module):
+    """Transformer feed-forward block: ``lin2(act(lin1(x)))``."""
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class Conv2dBN(nn.Sequential):
+    """Bias-free convolution followed by BatchNorm, named ``c`` and ``bn`` as in the checkpoint."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_chs)
+        nn.init.constant_(self.bn.weight, bn_weight_init)
+        nn.init.zeros_(self.bn.bias)

@@ -1,0 +1,76 @@
+"""The Sam module: image encoder + prompt encoder + mask decoder, with pre/post-processing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .tiny_vit import TinyViT
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    """Segment Anything with a TinyViT image encoder (MobileSAM).
+
+    The model owns normalisation, padding to the square encoder input and mask upscaling;
+    :class:`napari_mobilesam.SamPredictor` speaks numpy on top of it.
+    """
+
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(
+        self,
+        image_encoder: TinyViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, float, float] = PIXEL_MEAN,
+        pixel_std: tuple[float, float, float] = PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        # Constants, not weights: kept out of the checkpoint (persistent=False).
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a (B, 3, h, w) RGB image on the 0-255 scale, then zero-pad to 1024x1024.
+
+        Padding comes after normalisation, so padded pixels are 0 in normalised units.
+        """
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+
+    def postprocess_masks(
+        self,
+        masks: torch.Tensor,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Upscale (B, C, 256, 256) logits to (B, C, H, W) of the original image.
+
+        Arguments:
+          input_size: (h, w) of the resized image before padding.
+          original_size: (H, W) of the image given by the user.
+        """
+        masks = F.interpolate(
+            masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False
+        )
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)

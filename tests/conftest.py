@@ -1,0 +1,35 @@
+"""Shared fixtures: where the golden vectors live and a model built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# The repository's CI lays ``shared/`` beside the checkout: <parent>/main and <parent>/shared.
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden"
+SYNTHETIC_CHECKPOINT = GOLDEN_DIR / "synthetic_mobile_sam.pt"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The golden-vector folder; skips the test where it is absent (outside this repo's CI)."""
+    if not SYNTHETIC_CHECKPOINT.is_file():
+        pytest.skip(
+            f"golden vectors not found at {GOLDEN_DIR} (they sit beside the checkout in CI)"
+        )
+    return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(golden_dir: Path) -> Path:
+    """Path of the synthetic checkpoint that has the official ``mobile_sam.pt`` key layout."""
+    return golden_dir / "synthetic_mobile_sam.pt"
+
+
+@pytest.fixture(scope="session")
+def golden_model(synthetic_checkpoint: Path):
+    """A float32 CPU model loaded strictly from the synthetic checkpoint (shared, read-only use)."""
+    from napari_mobilesam import build_mobile_sam
+
+    return build_mobile_sam(synthetic_checkpoint, device="cpu")
