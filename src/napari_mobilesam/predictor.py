@@ -42,6 +42,8 @@ class SamPredictor:
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
         image = np.asarray(image)
+        if image.size == 0:
+            raise ValueError(f"The image is empty (shape {image.shape}); nothing to segment.")
         if image_format != self.model.image_format and image.ndim == 3 and image.shape[-1] >= 3:
             image = image[..., [2, 1, 0]]
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
