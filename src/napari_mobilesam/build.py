@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .modeling import MaskDecoder, PromptEncoder, Sam, TinyViT, TwoWayTransformer
+from .weights import layout_hint, load_weights_state_dict, unwrap_state_dict
 
 PROMPT_EMBED_DIM = 256
 IMAGE_SIZE = 1024
@@ -94,6 +95,7 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, object]) -
             "The checkpoint does not have the MobileSAM (vit_t) layout: "
             + "; ".join(problems)
             + ". Use the official mobile_sam.pt or a fine-tuned file with the same layout."
+            + layout_hint(state_dict)
         )
 
 
@@ -123,7 +125,8 @@ def build_mobile_sam(
     """Build MobileSAM and load its weights.
 
     Arguments:
-      checkpoint: path of ``mobile_sam.pt`` (or a file with the same layout), a state dict,
+      checkpoint: path of ``mobile_sam.pt`` (or a file with the same layout), a state dict
+        (also accepted nested under "model"/"state_dict" or with a "module." prefix),
         or None for random weights (tests only: the masks are meaningless).
       device: "cpu", "cuda", "mps", a torch.device, or None/"auto" (CUDA > MPS > CPU).
 
@@ -133,12 +136,17 @@ def build_mobile_sam(
     Raises:
       FileNotFoundError: the path does not exist.
       CheckpointError: the file is unreadable, or keys are missing, unexpected or mis-shaped
-        (the message names them).
+        (the message names them, and says what the file looks like: another SAM, SAM 2, an
+        image, an empty or truncated download...).
     """
     model = _build_sam_vit_t()
     if checkpoint is not None:
+        # weights.py recognises foreign files (images, HTML, other SAMs...) before torch reads
+        # them, and unwraps training checkpoints such as {"model": state_dict, "epoch": ...}.
         state_dict = (
-            dict(checkpoint) if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint)
+            unwrap_state_dict(checkpoint)
+            if isinstance(checkpoint, Mapping)
+            else load_weights_state_dict(checkpoint)
         )
         check_state_dict(model, state_dict)
         model.load_state_dict(state_dict, strict=True)
