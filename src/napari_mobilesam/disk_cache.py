@@ -1,0 +1,98 @@
+"""An on-disk store of image embeddings, so reopening the same data does not encode again.
+
+An entry's key is a hash of the exact uint8 RGB plane the encoder sees plus a fingerprint of the
+model's weights. The plane's pixels already carry its content and its normalisation (contrast
+limits), so the same key can never name two different embeddings, whichever file, plane or
+session it came from. Entries are ``.npy`` files (float32, 4 MiB each) written to a temporary
+name and renamed into place, so a crash never leaves half an entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+EMBEDDING_SHAPE = (1, 256, 64, 64)
+
+
+def model_fingerprint(model) -> str:
+    """A short hash of a torch model's state dict (names, shapes and values)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def default_cache_folder() -> Path:
+    """``$NAPARI_MOBILESAM_CACHE/embeddings`` or the platform's user cache folder."""
+    root = os.environ.get("NAPARI_MOBILESAM_CACHE")
+    if root:
+        return Path(root) / "embeddings"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-mobilesam")) / "embeddings"
+
+
+class DiskEmbeddingCache:
+    """Embeddings stored as files named by a hash of (model, model input).
+
+    Arguments:
+      folder: where the files go (created when needed).
+      model_id: fingerprint of the weights, e.g. :func:`model_fingerprint`.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], model_id: str) -> None:
+        self.folder = Path(folder)
+        self.model_id = model_id
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, model_input: np.ndarray) -> str:
+        """Key of the embedding of one (H, W, 3) uint8 plane."""
+        digest = hashlib.blake2b(digest_size=20)
+        digest.update(self.model_id.encode())
+        digest.update(str(model_input.shape).encode())
+        digest.update(np.ascontiguousarray(model_input).tobytes())
+        return digest.hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The stored (1, 256, 64, 64) float32 embedding, or None (unreadable = absent)."""
+        path = self._path(key)
+        try:
+            value = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            self.misses += 1
+            return None
+        if value.shape != EMBEDDING_SHAPE or value.dtype != np.float32:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    def put(self, key: str, embedding: np.ndarray) -> None:
+        """Store an embedding atomically (temporary file, then rename)."""
+        embedding = np.asarray(embedding, dtype=np.float32)
+        if embedding.shape != EMBEDDING_SHAPE:
+            raise ValueError(f"embedding must be {EMBEDDING_SHAPE}, got {embedding.shape}.")
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, embedding, allow_pickle=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("*/*.npy")) if self.folder.is_dir() else 0
