@@ -13,7 +13,7 @@ from napari_mobilesam.build import resolve_device
 
 @pytest.fixture(scope="module")
 def random_model():
-    return build_mobile_sam(None, device="cpu")
+    return build_mobile_sam(None, device="cpu", optimize=False)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,15 @@ def test_layout_matches_official_keys(golden_dir, random_model):
     assert n_params == layout["parameter_count_total"] == 10_130_092
 
 
+def test_optimized_model_folds_batchnorm(synthetic_state_dict):
+    from napari_mobilesam.modeling.common import Conv2dBN
+
+    model = build_mobile_sam(synthetic_state_dict, device="cpu")
+    assert model.optimized and not model.training
+    assert not any(isinstance(m, (Conv2dBN, torch.nn.BatchNorm2d)) for m in model.modules())
+    assert model.image_encoder.channels_last
+
+
 def test_random_model_is_eval_float32_cpu(random_model):
     assert not random_model.training
     assert random_model.device == torch.device("cpu")
@@ -40,14 +49,14 @@ def test_random_model_is_eval_float32_cpu(random_model):
 
 
 def test_loads_synthetic_checkpoint_strictly(synthetic_checkpoint, synthetic_state_dict):
-    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu", optimize=False)
     for key, value in model.state_dict().items():
         assert torch.equal(value, synthetic_state_dict[key]), key
 
 
 def test_attention_bias_follows_loaded_weights(synthetic_state_dict):
     """The relative-position bias must come from the loaded parameters, not a stale table."""
-    model = build_mobile_sam(synthetic_state_dict, device="cpu")
+    model = build_mobile_sam(synthetic_state_dict, device="cpu", optimize=False)
     attn = model.image_encoder.layers[1].blocks[0].attn
     x = torch.randn(2, 49, 128)
     out_loaded = attn(x)

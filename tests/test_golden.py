@@ -41,8 +41,16 @@ def case_data(golden_dir):
     return load
 
 
+@pytest.fixture(scope="module", params=["default", "eager"])
+def model(request, synthetic_checkpoint):
+    """Every model path users can get: the default (optimised) one and the plain eager one."""
+    from napari_mobilesam import build_mobile_sam
+
+    return build_mobile_sam(synthetic_checkpoint, device="cpu", optimize=request.param == "default")
+
+
 @pytest.fixture(scope="module")
-def encoded(golden_model, case_data):
+def encoded(model, case_data):
     """One predictor per case with its own embedding from the raw image (encoded once)."""
     from napari_mobilesam import SamPredictor
 
@@ -50,7 +58,7 @@ def encoded(golden_model, case_data):
 
     def get(name: str) -> SamPredictor:
         if name not in cache:
-            predictor = SamPredictor(golden_model)
+            predictor = SamPredictor(model)
             predictor.set_image(case_data(name)["image"])
             cache[name] = predictor
         return cache[name]
@@ -129,9 +137,9 @@ def _run(predictor, p: dict, model) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize(("name", "k"), PROMPT_SETS)
-def test_prompt_set_end_to_end(name, k, case_data, encoded, golden_model):
+def test_prompt_set_end_to_end(name, k, case_data, encoded, model):
     p = prompt_set(case_data(name), k)
-    out = _run(encoded(name), p, golden_model)
+    out = _run(encoded(name), p, model)
     assert out["masks"].shape == p["masks"].shape
     assert out["iou"].shape == p["iou"].shape
     np.testing.assert_allclose(out["sparse"], p["sparse_embeddings"], rtol=0, atol=ATOL_SPARSE)
@@ -141,16 +149,16 @@ def test_prompt_set_end_to_end(name, k, case_data, encoded, golden_model):
 
 
 @pytest.mark.parametrize(("name", "k"), PROMPT_SETS)
-def test_prompt_set_from_stored_embedding(name, k, case_data, golden_model):
+def test_prompt_set_from_stored_embedding(name, k, case_data, model):
     """The decoder alone, fed the reference embedding: the tighter low-res tolerance applies."""
     from napari_mobilesam import SamPredictor
 
     z = case_data(name)
-    predictor = SamPredictor(golden_model)
+    predictor = SamPredictor(model)
     predictor.set_image_embedding(torch.as_tensor(z["image_embedding"]), tuple(z["original_size"]))
     assert predictor.input_size == tuple(z["input_size"])
     p = prompt_set(z, k)
-    out = _run(predictor, p, golden_model)
+    out = _run(predictor, p, model)
     np.testing.assert_allclose(out["iou"], p["iou"], rtol=0, atol=ATOL_IOU)
     np.testing.assert_allclose(
         out["low_res"], p["low_res"], rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .modeling import MaskDecoder, PromptEncoder, Sam, TinyViT, TwoWayTransformer
+from .modeling.inference import optimize_for_inference
 from .weights import layout_hint, load_weights_state_dict, unwrap_state_dict
 
 PROMPT_EMBED_DIM = 256
@@ -121,6 +122,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def build_mobile_sam(
     checkpoint: str | os.PathLike[str] | Mapping[str, torch.Tensor] | None = None,
     device: str | torch.device | None = None,
+    optimize: bool = True,
 ) -> Sam:
     """Build MobileSAM and load its weights.
 
@@ -129,6 +131,9 @@ def build_mobile_sam(
         (also accepted nested under "model"/"state_dict" or with a "module." prefix),
         or None for random weights (tests only: the masks are meaningless).
       device: "cpu", "cuda", "mps", a torch.device, or None/"auto" (CUDA > MPS > CPU).
+      optimize: rewrite the loaded model for inference (BatchNorm folded into convolutions,
+        channels-last encoder on CPU); outputs stay within the golden tolerances. False keeps
+        the plain eager model with the checkpoint's module layout (e.g. for fine-tuning).
 
     Returns:
       The float32 model on ``device`` in eval mode, loaded with ``strict=True``.
@@ -151,4 +156,5 @@ def build_mobile_sam(
         check_state_dict(model, state_dict)
         model.load_state_dict(state_dict, strict=True)
     model.requires_grad_(False)
-    return model.to(resolve_device(device)).eval()
+    model = model.to(resolve_device(device)).eval()
+    return optimize_for_inference(model) if optimize else model

