@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Conv2dBN, LayerNorm2d
+from .common import Conv2dBN, LayerNorm2d, drop_path_or_identity
 
 
 class PatchEmbed(nn.Module):
@@ -36,7 +36,12 @@ class MBConv(nn.Module):
     """Inverted residual block; the last activation comes after the residual sum. NCHW."""
 
     def __init__(
-        self, in_chs: int, out_chs: int, expand_ratio: float, act_layer: type[nn.Module] = nn.GELU
+        self,
+        in_chs: int,
+        out_chs: int,
+        expand_ratio: float,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         mid_chs = int(in_chs * expand_ratio)
@@ -46,13 +51,14 @@ class MBConv(nn.Module):
         self.act2 = act_layer()
         self.conv3 = Conv2dBN(mid_chs, out_chs, 1, bn_weight_init=0.0)
         self.act3 = act_layer()
+        self.drop_path = drop_path_or_identity(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
         x = self.act1(self.conv1(x))
         x = self.act2(self.conv2(x))
         x = self.conv3(x)
-        return self.act3(x + shortcut)
+        return self.act3(self.drop_path(x) + shortcut)
 
 
 class PatchMerging(nn.Module):
@@ -86,10 +92,12 @@ class ConvStage(nn.Module):
         out_dim: int,
         expand_ratio: float = 4.0,
         act_layer: type[nn.Module] = nn.GELU,
+        drop_path: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
+        rates = drop_path or (0.0,) * depth
         self.blocks = nn.ModuleList(
-            [MBConv(dim, dim, expand_ratio, act_layer) for _ in range(depth)]
+            [MBConv(dim, dim, expand_ratio, act_layer, rates[i]) for i in range(depth)]
         )
         self.downsample = PatchMerging(dim, out_dim, stride=2, act_layer=act_layer)
 
@@ -176,9 +184,11 @@ class TinyVitBlock(nn.Module):
         mlp_ratio: float = 4.0,
         local_conv_size: int = 3,
         act_layer: type[nn.Module] = nn.GELU,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.window_size = window_size
+        self.drop_path = drop_path_or_identity(drop_path)
         self.attn = Attention(dim, dim // num_heads, num_heads, window_size)
         self.mlp = TinyVitMlp(dim, int(dim * mlp_ratio), act_layer)
         self.local_conv = Conv2dBN(dim, dim, local_conv_size, 1, local_conv_size // 2, groups=dim)
@@ -198,9 +208,9 @@ class TinyVitBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
-        x = x + self._window_attention(x)
+        x = x + self.drop_path(self._window_attention(x))
         x = self.local_conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + self.mlp(x)
+        return x + self.drop_path(self.mlp(x))
 
 
 class TinyVitStage(nn.Module):
@@ -216,12 +226,16 @@ class TinyVitStage(nn.Module):
         downsample_stride: int = 2,
         mlp_ratio: float = 4.0,
         act_layer: type[nn.Module] = nn.GELU,
+        drop_path: tuple[float, ...] = (),
     ) -> None:
         super().__init__()
+        rates = drop_path or (0.0,) * depth
         self.blocks = nn.ModuleList(
             [
-                TinyVitBlock(dim, num_heads, window_size, mlp_ratio, act_layer=act_layer)
-                for _ in range(depth)
+                TinyVitBlock(
+                    dim, num_heads, window_size, mlp_ratio, act_layer=act_layer, drop_path=r
+                )
+                for r in rates[:depth]
             ]
         )
         self.downsample = (
@@ -256,6 +270,7 @@ class TinyViT(nn.Module):
         mbconv_expand_ratio: float = 4.0,
         out_chans: int = 256,
         act_layer: type[nn.Module] = nn.GELU,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -263,8 +278,19 @@ class TinyViT(nn.Module):
         self.patch_embed = PatchEmbed(in_chans, embed_dims[0], act_layer)
 
         num_stages = len(depths)
+        # Stochastic depth grows linearly with block index (training only; 0 for inference).
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        starts = [sum(depths[:i]) for i in range(num_stages)]
+        stage_rates = [tuple(rates[s : s + d]) for s, d in zip(starts, depths, strict=True)]
         stages: list[nn.Module] = [
-            ConvStage(embed_dims[0], depths[0], embed_dims[1], mbconv_expand_ratio, act_layer)
+            ConvStage(
+                embed_dims[0],
+                depths[0],
+                embed_dims[1],
+                mbconv_expand_ratio,
+                act_layer,
+                drop_path=stage_rates[0],
+            )
         ]
         for i in range(1, num_stages):
             last = i == num_stages - 1
@@ -279,6 +305,7 @@ class TinyViT(nn.Module):
                     downsample_stride=1 if i == num_stages - 2 else 2,
                     mlp_ratio=mlp_ratio,
                     act_layer=act_layer,
+                    drop_path=stage_rates[i],
                 )
             )
         self.layers = nn.ModuleList(stages)
