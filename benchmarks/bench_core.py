@@ -229,9 +229,12 @@ def default_paths(checkpoint: Path | None) -> list[tuple[str, PredictorFactory]]
     """The paths to compare, first one = baseline of the ratio column."""
 
     def eager_fp32(device: torch.device) -> SamPredictor:
+        return SamPredictor(build_mobile_sam(checkpoint, device=device, optimize=False))
+
+    def default(device: torch.device) -> SamPredictor:
         return SamPredictor(build_mobile_sam(checkpoint, device=device))
 
-    return [("eager fp32", eager_fp32)]
+    return [("eager fp32", eager_fp32), ("default", default)]
 
 
 # ----------------------------------------------------------------------------- output
