@@ -137,3 +137,19 @@ def test_resolve_device():
         assert auto.type == expected
     elif not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         assert auto.type == "cpu"
+
+
+def test_gelu_fusion_self_check_and_fallback(synthetic_state_dict, monkeypatch):
+    """Fusion is used only where the self-check passes; without it the model still works."""
+    from napari_mobilesam.modeling import inference
+
+    fused = build_mobile_sam(synthetic_state_dict, device="cpu")
+    uses_fusion = any(isinstance(m, inference.ConvGELU) for m in fused.modules())
+    assert uses_fusion == inference.gelu_fusion_available()
+    monkeypatch.setattr(inference, "_FUSION_OK", False)
+    plain = build_mobile_sam(synthetic_state_dict, device="cpu")
+    assert not any(isinstance(m, inference.ConvGELU) for m in plain.modules())
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.inference_mode():
+        diff = (fused.image_encoder(x) - plain.image_encoder(x)).abs().max().item()
+    assert diff < 1e-4
