@@ -149,3 +149,28 @@ def test_bad_images_are_explained(predictor):
     with pytest.raises(ValueError, match="max\\(h, w\\) == 1024"):
         p.set_torch_image(torch.zeros(1, 3, 100, 100), (100, 100))
     assert not p.is_image_set
+
+
+@pytest.mark.parametrize(
+    "size", [(480, 640), (333, 250), (1, 1), (1, 5000), (7, 3), (999, 1001), (17, 4096)]
+)
+def test_postprocess_equals_full_resolution_reference(predictor, size):
+    """The cropped, chunked upscaling gives exactly SAM's upsample-crop-resize result."""
+    import torch.nn.functional as F
+
+    model = predictor.model
+    input_size = predictor.transform.get_preprocess_shape(*size, 1024)
+    logits = torch.randn(3, 2, 256, 256, generator=torch.Generator().manual_seed(0)) * 5
+    full = F.interpolate(logits, (1024, 1024), mode="bilinear", align_corners=False)
+    full = full[..., : input_size[0], : input_size[1]]
+    expected = F.interpolate(full, size, mode="bilinear", align_corners=False)
+    got = model.postprocess_masks(logits, input_size, size, chunk=4)
+    assert torch.equal(got, expected)
+
+
+def test_one_pixel_high_strip(predictor):
+    p = SamPredictor(predictor.model)
+    p.set_image(np.zeros((1, 5000, 3), np.uint8))
+    assert p.input_size == (1, 1024)
+    masks, _, _ = p.predict(np.array([[10.0, 0.0]]), np.array([1]))
+    assert masks.shape == (3, 1, 5000)

@@ -22,10 +22,13 @@ class ResizeLongestSide:
 
     @staticmethod
     def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
-        """(newh, neww) with the longest side ``long_side_length``, rounded half up."""
+        """(newh, neww) with the longest side ``long_side_length``, rounded half up.
+
+        Never 0: a 1 x 5000 strip becomes 1 x 1024 (SAM's own rule would give 0 rows and fail).
+        """
         scale = long_side_length * 1.0 / max(oldh, oldw)
         newh, neww = oldh * scale, oldw * scale
-        return int(newh + 0.5), int(neww + 0.5)
+        return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (newh, neww, 3) uint8."""

@@ -63,15 +63,31 @@ class Sam(nn.Module):
         masks: torch.Tensor,
         input_size: tuple[int, int],
         original_size: tuple[int, int],
+        chunk: int = 16,
     ) -> torch.Tensor:
         """Upscale (B, C, 256, 256) logits to (B, C, H, W) of the original image.
+
+        Same result as SAM's "bilinear to 1024x1024, crop to ``input_size``, bilinear to
+        ``original_size``", computed without the padded part: only the low-res rows and
+        columns that reach the crop are upsampled (plus one, so edge interpolation is unchanged
+        and the scale stays exactly 4). Masks are processed ``chunk`` at a time so a batch of
+        prompts never holds all its 1024-sized intermediates at once.
 
         Arguments:
           input_size: (h, w) of the resized image before padding.
           original_size: (H, W) of the image given by the user.
         """
-        masks = F.interpolate(
-            masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False
-        )
-        masks = masks[..., : input_size[0], : input_size[1]]
-        return F.interpolate(masks, original_size, mode="bilinear", align_corners=False)
+        low_h, low_w = masks.shape[-2:]
+        factor = self.img_size // low_h
+        rows = min(low_h, -(-input_size[0] // factor) + 1)
+        cols = min(low_w, -(-input_size[1] // factor) + 1)
+        b, c = masks.shape[:2]
+        flat = masks[..., :rows, :cols].reshape(b * c, 1, rows, cols)
+        out = []
+        for part in flat.split(max(1, chunk), dim=0):
+            up = F.interpolate(
+                part, (rows * factor, cols * factor), mode="bilinear", align_corners=False
+            )
+            up = up[..., : input_size[0], : input_size[1]]
+            out.append(F.interpolate(up, original_size, mode="bilinear", align_corners=False))
+        return torch.cat(out).reshape(b, c, *original_size)
