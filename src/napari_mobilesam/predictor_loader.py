@@ -1,0 +1,82 @@
+"""Choose the compute device and build (once) the predictor for a weights file.
+
+torch is imported inside the functions: napari imports the plugin's widget module when it lists
+the plugin's widgets, and that must not pay torch's import time.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def resolve_device(choice: str = "auto") -> str:
+    """The torch device for a user choice: ``auto`` picks CUDA, then Apple MPS, then CPU.
+
+    A forced device that is not available falls back to CPU with a warning rather than failing
+    later inside the model.
+    """
+    import torch
+
+    if choice not in DEVICE_CHOICES:
+        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {choice!r}")
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if choice == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if (choice == "cuda" and not cuda) or (choice == "mps" and not mps):
+        warnings.warn(f"{choice} is not available here; using the CPU.", stacklevel=2)
+        return "cpu"
+    return choice
+
+
+def weights_path(value: str | Path | None) -> Path | None:
+    """A weights file path, or ``None`` for an empty field (random weights)."""
+    if value is None or str(value).strip() in ("", "."):
+        return None
+    return Path(value).expanduser()
+
+
+class PredictorLoader:
+    """Keeps one predictor and rebuilds it only when the weights file or the device changes.
+
+    Building is thread-safe: the widget builds in its worker thread while scripts may call in.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple[Path | None, str] | None = None
+        self._predictor: Any = None
+
+    @property
+    def device(self) -> str | None:
+        """Device of the predictor built last, or ``None`` before the first build."""
+        return None if self._key is None else self._key[1]
+
+    def is_loaded(self, weights: str | Path | None, device: str = "auto") -> bool:
+        """Whether :meth:`get` would return without building."""
+        return self._key == (weights_path(weights), resolve_device(device))
+
+    def get(self, weights: str | Path | None, device: str = "auto") -> Any:
+        """The ``SamPredictor`` for ``weights`` (``None``: random weights) on ``device``."""
+        key = (weights_path(weights), resolve_device(device))
+        with self._lock:
+            if self._key != key:
+                from napari_mobilesam import SamPredictor, build_mobile_sam
+
+                if key[0] is not None and not key[0].is_file():
+                    raise FileNotFoundError(f"MobileSAM weights file not found: {key[0]}")
+                model = build_mobile_sam(None if key[0] is None else str(key[0]), device=key[1])
+                self._predictor = SamPredictor(model)
+                self._key = key
+            return self._predictor
+
+    def set_predictor(self, predictor: Any, weights: str | Path | None, device: str) -> None:
+        """Use an already built predictor (scripts and tests that share one model)."""
+        with self._lock:
+            self._predictor = predictor
+            self._key = (weights_path(weights), resolve_device(device))
