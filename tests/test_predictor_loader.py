@@ -30,17 +30,22 @@ def test_unavailable_forced_device_falls_back_to_cpu(monkeypatch) -> None:
         resolve_device("tpu")
 
 
-def test_empty_weights_field_means_random_weights() -> None:
+def test_empty_weights_field_means_automatic() -> None:
     assert weights_path(None) is None
     assert weights_path("") is None
     assert weights_path(Path(".")) is None
     assert weights_path("~/w.pt") == Path("~/w.pt").expanduser()
 
 
-def test_predictor_is_built_once_and_shared(tmp_path: Path) -> None:
+def test_predictor_is_built_once_and_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_checkpoint: Path
+) -> None:
+    # An empty field resolves the weights: here through the environment variable.
+    monkeypatch.setenv("NAPARI_MOBILESAM_WEIGHTS", str(synthetic_checkpoint))
     loader = PredictorLoader()
     assert loader.device is None and not loader.is_loaded(None, "cpu")
     first = loader.get(None, "cpu")
+    assert loader.source == synthetic_checkpoint
     assert loader.get(None, "cpu") is first
     assert loader.device == "cpu" and loader.is_loaded(None, "cpu")
     with pytest.raises(FileNotFoundError, match="not found"):

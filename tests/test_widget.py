@@ -101,7 +101,11 @@ def first_nonempty_candidate(widget: MobileSAMWidget) -> None:
     pytest.fail("no candidate has pixels")
 
 
-def test_docking_keys_prompt_layers_and_undocking(make_napari_viewer) -> None:
+def test_docking_keys_prompt_layers_and_undocking(
+    make_napari_viewer, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.delenv("NAPARI_MOBILESAM_WEIGHTS", raising=False)
+    monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(tmp_path))  # an empty cache
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((2, 30, 40), np.uint8), scale=(3, 2, 2), translate=(0, 5, 5))
     dock_widget, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
@@ -110,11 +114,11 @@ def test_docking_keys_prompt_layers_and_undocking(make_napari_viewer) -> None:
     assert widget.image_layer is image
     for key in (KEY_TOGGLE_POLARITY, KEY_NEXT_CANDIDATE, KEY_COMMIT, KEY_RESET):
         assert coerce_keybinding(key) in viewer.keymap
-    assert widget.weights is None  # no weights file chosen: random weights, and a warning
-    assert not widget._weights_warning.native.isHidden()
+    assert widget.weights is None  # no weights file chosen: automatic, and the widget says so
+    assert "will download mobile_sam.pt" in widget._weights_warning.value
     widget.set_weights("mobile_sam.pt")
     assert widget.weights.name == "mobile_sam.pt"
-    assert widget._weights_warning.native.isHidden()
+    assert "not found" in widget._weights_warning.value
 
     points, shapes = widget.create_prompt_layers()
     assert isinstance(points, Points) and isinstance(shapes, Shapes)

@@ -73,3 +73,56 @@ def test_model_steps_use_the_loaded_predictor() -> None:
     assert len(result.objects) == 1
     assert len(predictor.encoded) == 1
     assert drive(model_steps(loader, None, "cpu", request, None, True, ())).objects
+
+
+class _SlowDownloadLoader:
+    """A loader whose build reports download progress in 10 steps."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.calls: list[tuple[int, int]] = []
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+
+    def get(self, weights, device, progress=True):
+        import time as _time
+
+        try:
+            for done in range(0, 11):
+                progress(done * 100, 1000)
+                self.calls.append((done * 100, 1000))
+                _time.sleep(0.02)
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self.finished.set()
+        return object()
+
+
+def test_load_steps_reports_download_progress() -> None:
+    from napari_mobilesam.worker_steps import load_steps
+
+    loader = _SlowDownloadLoader()
+    fractions = [p.fraction for p in load_steps(loader, None, "cpu", poll_s=0.01)]
+    assert fractions  # progress was reported while the build ran
+    assert list(load_steps(_Done(), None, "cpu")) == []  # nothing to report without a download
+    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1.0
+    assert loader.calls[-1] == (1000, 1000)
+
+
+def test_cancelling_load_steps_stops_the_download() -> None:
+    from napari_mobilesam.worker_steps import DownloadCancelled, load_steps
+
+    loader = _SlowDownloadLoader()
+    steps = load_steps(loader, None, "cpu", poll_s=0.01)
+    next(steps)
+    steps.close()  # what a worker's quit does to the generator
+    assert loader.finished.wait(2.0)
+    assert isinstance(loader.error, DownloadCancelled) and len(loader.calls) < 11
+
+
+class _Done:
+    def get(self, weights, device, progress=True):
+        return object()

@@ -53,9 +53,8 @@ class MobileSAMControls(Container):
         self._weights_edit = FileEdit(
             label="weights", mode="r", filter="MobileSAM weights (*.pt *.pth)", nullable=True
         )
-        self._weights_warning = Label(
-            value="No weights file: random weights,\nthe masks are meaningless."
-        )
+        # Says which weights file will be used and why (field, environment, cache, download).
+        self._weights_warning = Label(value="")
         self._device_combo = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self._live_check = CheckBox(text="live preview", value=True)
         self._multimask_check = CheckBox(text="multimask (3 candidates)", value=True)
@@ -125,7 +124,7 @@ class MobileSAMControls(Container):
         return None
 
     def _update_weights_warning(self, *_: Any) -> None:
-        self._weights_warning.visible = self.weights is None
+        self._weights_warning.value = weights_status(self.weights)
 
     def _set_combo(self, combo: ComboBox, layer: Layer | None) -> None:
         if layer is not None and layer not in self.viewer.layers:
@@ -170,11 +169,11 @@ class MobileSAMControls(Container):
     # ------------------------------------------------------------------ settings
     @property
     def weights(self) -> Path | None:
-        """The weights file, or ``None`` for random weights."""
+        """The weights file, or ``None`` for automatic (environment, cache, then download)."""
         return weights_path(self._weights_edit.value)
 
     def set_weights(self, path: str | Path | None) -> None:
-        """Use the weights file at ``path`` (``None``: random weights, for trying things out)."""
+        """Use the weights file at ``path`` (``None``: automatic, see the README's Weights)."""
         self._weights_edit.value = None if path is None else Path(path)
 
     @property
@@ -221,3 +220,18 @@ class MobileSAMControls(Container):
     @new_points_positive.setter
     def new_points_positive(self, value: bool) -> None:
         self._polarity_combo.value = POSITIVE_CHOICE if value else NEGATIVE_CHOICE
+
+
+def weights_status(path: Path | None) -> str:
+    """One or two lines for the widget: which weights will be used, or what is wrong."""
+    from napari_mobilesam.weights import WEIGHTS_SIZE, describe_resolution
+
+    try:
+        source = describe_resolution(path)
+    except (OSError, RuntimeError) as exc:
+        return f"weights: {exc}".split("\n")[0]
+    if source.needs_download:
+        return f"weights: will download mobile_sam.pt\n({WEIGHTS_SIZE / 1e6:.1f} MB) on first use"
+    if source.kind == "explicit path":
+        return ""
+    return f"weights: {source.kind}\n{source.path}"

@@ -21,6 +21,7 @@ from typing import Any
 import napari
 from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.qt.threading import GeneratorWorker, create_worker
+from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 
@@ -121,6 +122,7 @@ class MobileSAMWidget(MobileSAMControls):
         self._layer_connections: list[tuple[Any, Callable]] = []
         self._bound_keys: list[str] = []
         self._closed = False
+        self._download_bar: Any = None
 
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -485,17 +487,33 @@ class MobileSAMWidget(MobileSAMControls):
             self._show_device()
         if generation != self._generation:
             return  # a stale run: its progress would overwrite the newer status
-        if progress.stage == "model":
+        if progress.stage == "download" and progress.fraction is not None:
+            self._show_download(progress.fraction)
+            self._set_status(f"downloading weights: {100 * progress.fraction:.0f}%")
+        elif progress.stage == "model":
             self._set_status("model loaded; encoding...")
         elif progress.stage == "encoded":
             self._set_status("decoding...")
 
+    def _show_download(self, fraction: float | None) -> None:
+        """napari's progress bar for a weights download; ``None`` closes it."""
+        if fraction is None:
+            if self._download_bar is not None:
+                self._download_bar.close()
+                self._download_bar = None
+            return
+        if self._download_bar is None:
+            self._download_bar = napari_progress(total=100, desc="Downloading mobile_sam.pt")
+        self._download_bar.update(int(100 * fraction) - self._download_bar.n)
+
     def _on_error(self, exc: Exception) -> None:
         # napari shows the exception itself; the status line keeps the short form in view.
+        self._show_download(None)
         self._commit_requested = False
         self._set_status(f"error: {exc}")
 
     def _on_finished(self, worker: GeneratorWorker) -> None:
+        self._show_download(None)
         if worker is not self._worker:
             return
         self._worker = None
@@ -598,5 +616,6 @@ class MobileSAMWidget(MobileSAMControls):
 
     def _show_device(self) -> None:
         if self.loader.device is not None:
-            source = "random weights" if self.weights is None else self.weights.name
+            path = self.loader.source
+            source = "random weights" if path is None else path.name
             self._device_label.value = f"{self.loader.device} ({source})"

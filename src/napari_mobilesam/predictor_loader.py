@@ -35,7 +35,7 @@ def resolve_device(choice: str = "auto") -> str:
 
 
 def weights_path(value: str | Path | None) -> Path | None:
-    """A weights file path, or ``None`` for an empty field (random weights)."""
+    """A weights file path, or ``None`` for an empty field (automatic: see ``weights.py``)."""
     if value is None or str(value).strip() in ("", "."):
         return None
     return Path(value).expanduser()
@@ -51,6 +51,7 @@ class PredictorLoader:
         self._lock = threading.Lock()
         self._key: tuple[Path | None, str] | None = None
         self._predictor: Any = None
+        self.source: Path | None = None  # the weights file the predictor was built from
 
     @property
     def device(self) -> str | None:
@@ -61,18 +62,26 @@ class PredictorLoader:
         """Whether :meth:`get` would return without building."""
         return self._key == (weights_path(weights), resolve_device(device))
 
-    def get(self, weights: str | Path | None, device: str = "auto") -> Any:
-        """The ``SamPredictor`` for ``weights`` (``None``: random weights) on ``device``."""
+    def get(
+        self, weights: str | Path | None, device: str = "auto", progress: Any = True
+    ) -> Any:
+        """The ``SamPredictor`` for ``weights`` on ``device``.
+
+        ``None`` means automatic: ``$NAPARI_MOBILESAM_WEIGHTS``, then the cache, then a
+        hash-checked download (see :func:`napari_mobilesam.weights.resolve_weights`), with
+        ``progress`` as its progress bar (True: terminal bar; a callable ``(done, total)``).
+        """
         key = (weights_path(weights), resolve_device(device))
         with self._lock:
             if self._key != key:
                 from napari_mobilesam import SamPredictor, build_mobile_sam
+                from napari_mobilesam.weights import resolve_weights
 
-                if key[0] is not None and not key[0].is_file():
-                    raise FileNotFoundError(f"MobileSAM weights file not found: {key[0]}")
-                model = build_mobile_sam(None if key[0] is None else str(key[0]), device=key[1])
+                path = resolve_weights(key[0], progressbar=progress)
+                model = build_mobile_sam(str(path), device=key[1])
                 self._predictor = SamPredictor(model)
                 self._key = key
+                self.source = path
             return self._predictor
 
     def set_predictor(self, predictor: Any, weights: str | Path | None, device: str) -> None:
@@ -80,3 +89,4 @@ class PredictorLoader:
         with self._lock:
             self._predictor = predictor
             self._key = (weights_path(weights), resolve_device(device))
+            self.source = weights_path(weights)

@@ -133,6 +133,7 @@ class Progress:
     stage: str
     seconds: float
     cache_hit: bool = False
+    fraction: float | None = None  # for long stages (a weights download): share done
 
 
 @dataclass

@@ -40,14 +40,57 @@ def model_steps(
     multimask_output: bool,
     previous: tuple[SegmentedObject, ...],
 ) -> Generator[Progress, None, SegmentResult]:
-    """Load the model if needed, then :func:`~napari_mobilesam.segment.run_request`."""
+    """Load the model if needed (downloading the weights, with progress, if it comes to that),
+    then :func:`~napari_mobilesam.segment.run_request`."""
     if not loader.is_loaded(weights, device):
         start = time.perf_counter()
-        loader.get(weights, device)
+        yield from load_steps(loader, weights, device)
         yield Progress("model", time.perf_counter() - start)
     predictor = loader.get(weights, device)
     result = yield from run_request(request, predictor, cache, multimask_output, previous)
     return result
+
+
+class DownloadCancelled(Exception):
+    """Raised inside the download's progress hook to stop it (the run was cancelled)."""
+
+
+def load_steps(
+    loader: PredictorLoader, weights: Path | None, device: str, poll_s: float = 0.1
+) -> Generator[Progress, None, None]:
+    """Build the predictor in a helper thread, yielding download progress meanwhile.
+
+    A weights download is one blocking call; running it beside this generator lets the worker
+    report progress and lets a cancelled run stop the download (the hook raises).
+    """
+    state: dict[str, object] = {"done": 0, "total": 0, "error": None}
+    cancelled = threading.Event()
+
+    def hook(done: int, total: int) -> None:
+        if cancelled.is_set():
+            raise DownloadCancelled("download cancelled")
+        state["done"], state["total"] = done, total
+
+    def build() -> None:
+        try:
+            loader.get(weights, device, progress=hook)
+        except BaseException as exc:  # handed to the generator, which re-raises it
+            state["error"] = exc
+
+    thread = threading.Thread(target=build, name="napari-mobilesam-load", daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(poll_s)
+            total = int(state["total"])  # type: ignore[call-overload]
+            if total:
+                fraction = int(state["done"]) / total  # type: ignore[call-overload]
+                yield Progress("download", time.perf_counter() - start, fraction=fraction)
+    finally:
+        cancelled.set()  # a worker quitting here closes the generator: stop the download too
+    if state["error"] is not None:
+        raise state["error"]  # type: ignore[misc]
 
 
 def locked_steps(
