@@ -108,7 +108,7 @@ def test_load_steps_reports_download_progress() -> None:
     fractions = [p.fraction for p in load_steps(loader, None, "cpu", poll_s=0.01)]
     assert fractions  # progress was reported while the build ran
     assert list(load_steps(_Done(), None, "cpu")) == []  # nothing to report without a download
-    assert fractions == sorted(fractions) and 0 <= fractions[0] and fractions[-1] <= 1.0
+    assert fractions == sorted(fractions) and fractions[0] >= 0 and fractions[-1] <= 1.0
     assert loader.calls[-1] == (1000, 1000)
 
 
