@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from napari_mobilesam.propagation import (
     PropagationSettings,
@@ -21,6 +20,7 @@ from napari_mobilesam.propagation import (
     mask_to_box,
     propagate,
 )
+from threshold_predictor import ThresholdPredictor
 
 SHAPE = (30, 64, 64)
 
@@ -31,37 +31,8 @@ def ellipsoid(shape, centre, radii):
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True)) <= 1
 
 
-class ThresholdDecoder:
-    """Stands in for SamPredictor: the 'embedding' is the plane itself."""
-
-    def __init__(self, threshold=0.5):
-        self.threshold = threshold
-        self.plane = None
-        self.calls = 0
-
-    def set_image_embedding(self, embedding, original_size):
-        assert embedding.shape == tuple(original_size)
-        self.plane = embedding
-
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, **_):
-        self.calls += 1
-        labels, n = ndimage.label(self.plane > self.threshold)
-        score = np.zeros(n + 1)
-        if box is not None:
-            x0, y0, x1, y1 = (int(v) for v in box)
-            ids, counts = np.unique(labels[y0 : y1 + 1, x0 : x1 + 1], return_counts=True)
-            score[ids] += counts
-        if mask_input is not None:
-            prev = ndimage.zoom(mask_input[0] > 0, np.array(self.plane.shape) / 256, order=0)
-            score += np.bincount(labels[prev], minlength=n + 1)
-        if point_coords is not None:
-            for (x, y), lab in zip(point_coords, point_labels, strict=True):
-                score[labels[int(y), int(x)]] += 1e6 if lab == 1 else -1e6
-        score[0] = 0
-        best = int(np.argmax(score))
-        mask = labels == best if best and score[best] > 0 else np.zeros(self.plane.shape, bool)
-        low = ndimage.zoom(mask.astype(np.float32), 256 / np.array(mask.shape), order=0)
-        return mask[None], np.array([1.0], np.float32), (low * 20 - 10)[None]
+class ThresholdDecoder(ThresholdPredictor):
+    """The threshold stand-in, counting how often it is asked to decode."""
 
 
 def stack_embedder(stack):

@@ -13,7 +13,8 @@ import torch
 from napari_mobilesam.disk_cache import DiskEmbeddingCache, model_fingerprint
 from napari_mobilesam.embedding_cache import EMBEDDING_BYTES, EmbeddingCache
 from napari_mobilesam.propagation import drive
-from napari_mobilesam.stack import StackEmbeddings, nearest_first, stack_contrast_limits
+from napari_mobilesam.propagation import nearest_first_planes as nearest_first
+from napari_mobilesam.stack import StackEmbeddings, stack_contrast_limits
 
 
 class FakeEncoder:

@@ -27,6 +27,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 
 from napari_mobilesam import status_text
 from napari_mobilesam._controls import MobileSAMControls
+from napari_mobilesam._stack_runner import KEY_PROPAGATE, StackRunner
 from napari_mobilesam.embedding_cache import EmbeddingCache
 from napari_mobilesam.labels_writer import LabelsError, check_target, create_aligned_labels
 from napari_mobilesam.layer_prompts import PlanePrompts
@@ -123,6 +124,9 @@ class MobileSAMWidget(MobileSAMControls):
         self._bound_keys: list[str] = []
         self._closed = False
         self._download_bar: Any = None
+        # The 3D section sits above the status lines.
+        self.stack = StackRunner(self)
+        self.insert(self.index(self._status_label), self.stack.panel)
 
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -212,6 +216,14 @@ class MobileSAMWidget(MobileSAMControls):
         self.segment()
         return self._commit_now()
 
+    def propagate(self) -> list[int]:
+        """Follow the current objects through the stack and write them; returns the new ids.
+
+        Synchronous. Segments the current prompts first if needed; the walk axis and stop rules
+        come from the widget's 3D section; the whole 3D result is one undo step.
+        """
+        return self.stack.propagate()
+
     def next_candidate(self) -> int | None:
         """Show the next of the current object's candidate masks; returns its index."""
         if not self._objects:
@@ -231,6 +243,7 @@ class MobileSAMWidget(MobileSAMControls):
         self._timer.stop()
         self._rerun = False
         self._commit_requested = False
+        self.stack.stop()
         if self._worker is not None:
             self._generation += 1
             self._worker.quit()
@@ -288,6 +301,8 @@ class MobileSAMWidget(MobileSAMControls):
         dims = self.viewer.dims.events
         for emitter in (dims.point, dims.ndisplay, dims.order):
             self._watch(self._viewer_connections, emitter, self._invalidate)
+        for emitter in (dims.ndisplay, dims.order):
+            self._watch(self._viewer_connections, emitter, lambda *_: self.stack.refresh_axes())
 
     def _bind_keys(self) -> None:
         actions: dict[str, Callable[[], Any]] = {
@@ -295,6 +310,7 @@ class MobileSAMWidget(MobileSAMControls):
             KEY_NEXT_CANDIDATE: self.next_candidate,
             KEY_COMMIT: self._request_commit,
             KEY_RESET: self.reset,
+            KEY_PROPAGATE: self.stack.start_propagation,
         }
         for key, action in actions.items():
 
@@ -311,6 +327,7 @@ class MobileSAMWidget(MobileSAMControls):
         self._closed = True
         self._timer.stop()
         self._rerun = False
+        self.stack.stop()
         if self._worker is not None:
             self._worker.quit()
         for key in self._bound_keys:
@@ -345,6 +362,7 @@ class MobileSAMWidget(MobileSAMControls):
             self.new_points_positive = new_points_positive(points)
         if image is None or self._preview.image_id != str(image.unique_id):
             self._forget_objects()
+        self.stack.refresh_axes()
         self._invalidate()
 
     def _on_image_data(self, event: Any = None) -> None:
@@ -374,6 +392,7 @@ class MobileSAMWidget(MobileSAMControls):
     def _on_model_choice(self, *_: Any) -> None:
         # Embeddings depend on the weights; the predictor is rebuilt on the next run.
         self.cache.clear()
+        self.loader.forget_failures()  # picking a device again retries one that failed
         self._device_label.value = "not loaded yet"
         self._invalidate()
 
@@ -456,6 +475,7 @@ class MobileSAMWidget(MobileSAMControls):
         encoding = request.cache_key not in self.cache
         self._set_status("encoding this plane..." if encoding else "decoding...")
         steps = self._model_steps(request)
+        self.stack.pause_for_interactive()  # the click wins over background precompute
         worker = create_worker(locked_steps, self._model_lock, steps, _start_thread=False)
         worker.yielded.connect(partial(self._on_progress, generation))
         worker.returned.connect(partial(self._apply, generation, request))
@@ -523,6 +543,8 @@ class MobileSAMWidget(MobileSAMControls):
         if self._rerun or (self._commit_requested and not self._objects_are_current()):
             self._rerun = False
             self._start_run()
+        else:
+            self.stack.resume_after_interactive()
 
     def _apply(self, generation: int, request: SegmentRequest, result: SegmentResult) -> bool:
         """Show a run's result unless something changed since it started; True if applied."""
@@ -567,22 +589,30 @@ class MobileSAMWidget(MobileSAMControls):
             self._set_status("nothing to commit")
             return []
         image = self._require_image()
+        labels = self._target_labels(image)
+        report = commit_report(labels, self._objects, self.protect, image)
+        self._finish_commit(status_text.commit_summary(report, labels.name))
+        return report.ids
+
+    def _target_labels(self, image: Image) -> Labels:
+        """The chosen Labels layer (one aligned to the image is created if none is), checked."""
         labels = self.labels_layer
         if labels is None:
             labels = create_aligned_labels(image)
             add_keeping_selection(self.viewer, labels)
             self.set_labels_layer(labels)
         check_target(labels, image)
-        report = commit_report(labels, self._objects, self.protect, image)
+        return labels
+
+    def _finish_commit(self, message: str) -> None:
+        """Report a commit, then clear the objects and remove the prompts that made them."""
         prompts = self._prompts
-        message = status_text.commit_summary(report, labels.name)
         show_info(f"MobileSAM: {message}")
         self._set_status(message)
         self._forget_objects()
         if prompts is not None:
             used_shapes = tuple(g.shape_index for g in prompts.groups if g.shape_index is not None)
             self._remove_prompts(prompts.point_indices, used_shapes)
-        return report.ids
 
     def _remove_prompts(
         self, point_indices: tuple[int, ...], shape_indices: tuple[int, ...]

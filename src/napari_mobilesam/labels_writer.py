@@ -7,7 +7,7 @@ Writing to ``labels.data`` directly would bypass the undo history.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,27 +136,41 @@ def write_masks(
             labels are never overwritten; an object overlapping an earlier one of the same commit
             keeps the earlier one's pixels too.
     """
+    return write_objects(labels, [{plane: mask} for plane, mask in masks], protect)
+
+
+def write_objects(
+    labels: Labels, objects: Sequence[Mapping[PlaneRef, np.ndarray]], protect: bool = True
+) -> WriteReport:
+    """Write objects that may span several planes: one new id per object, one undo step.
+
+    Args:
+        labels: the target layer, already checked with :func:`check_target`.
+        objects: per object, its (H, W) bool masks by plane (e.g. a propagated 3D object).
+        protect: as in :func:`write_masks`.
+    """
     report = WriteReport()
-    if not masks:
+    if not objects:
         return report
     label_id = next_label_id(labels)
     # Check the last id before writing anything, so a full layer never gets half a commit.
-    _check_fits(labels, label_id + len(masks) - 1)
+    _check_fits(labels, label_id + len(objects) - 1)
     with labels.block_history():
-        for plane, mask in masks:
-            mask = np.asarray(mask, dtype=bool)
-            indices = plane.mask_indices(mask)
-            protected = 0
-            if protect:
-                free = labels.data[indices] == 0
-                protected = int(np.count_nonzero(~free))
-                indices = tuple(axis[free] for axis in indices)
-            written = int(indices[0].size)
+        for obj in objects:
+            written = protected = 0
+            for plane, mask in obj.items():
+                indices = plane.mask_indices(np.asarray(mask, dtype=bool))
+                if protect:
+                    free = labels.data[indices] == 0
+                    protected += int(np.count_nonzero(~free))
+                    indices = tuple(axis[free] for axis in indices)
+                if indices[0].size:
+                    labels.data_setitem(indices, label_id, refresh=False)
+                    written += int(indices[0].size)
             if written == 0:
                 report.skipped += 1
                 report.protected_in_skipped += protected
                 continue
-            labels.data_setitem(indices, label_id, refresh=False)
             report.ids.append(label_id)
             report.written.append(written)
             report.protected.append(protected)

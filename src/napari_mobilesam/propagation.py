@@ -145,6 +145,11 @@ def prompt_from_previous(
     return kwargs
 
 
+def nearest_first_planes(current: int, n_planes: int) -> list[int]:
+    """0..n_planes-1 ordered by distance from ``current`` (the upper neighbour first on ties)."""
+    return sorted(range(n_planes), key=lambda i: (abs(i - current), i < current))
+
+
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 0.0

@@ -29,12 +29,14 @@ import numpy as np
 from .disk_cache import DiskEmbeddingCache
 from .embedding_cache import EmbeddingCache
 from .image_conversion import robust_limits, to_uint8_rgb
-from .propagation import PropagatedObject, PropagationSettings, Seed, drive, propagate
-
-
-def nearest_first(current: int, n_planes: int) -> list[int]:
-    """0..n_planes-1 ordered by distance from ``current`` (the upper neighbour first on ties)."""
-    return sorted(range(n_planes), key=lambda i: (abs(i - current), i < current))
+from .propagation import (
+    PropagatedObject,
+    PropagationSettings,
+    Seed,
+    drive,
+    nearest_first_planes,
+    propagate,
+)
 
 
 def stack_contrast_limits(
@@ -168,7 +170,7 @@ class StackEmbeddings:
     ) -> Generator[PrecomputeProgress, None, int]:
         """Embed ``planes`` (default: all), nearest to ``around`` first; returns how many were
         encoded. Planes already in memory are skipped without reading them."""
-        order = nearest_first(around, self.n_planes)
+        order = nearest_first_planes(around, self.n_planes)
         if planes is not None:
             wanted = set(planes)
             order = [p for p in order if p in wanted]
