@@ -52,15 +52,35 @@ class PredictorLoader:
         self._key: tuple[Path | None, str] | None = None
         self._predictor: Any = None
         self.source: Path | None = None  # the weights file the predictor was built from
+        # Devices that failed while running the model: the CPU stands in for them.
+        self._failed: set[str] = set()
 
     @property
     def device(self) -> str | None:
         """Device of the predictor built last, or ``None`` before the first build."""
         return None if self._key is None else self._key[1]
 
+    def _device_for(self, choice: str) -> str:
+        device = resolve_device(choice)
+        return "cpu" if device in self._failed else device
+
+    def fall_back_to_cpu(self, weights: str | Path | None, choice: str) -> Any:
+        """After a failure on the device ``choice`` resolves to, use the CPU for it instead.
+
+        Returns the CPU predictor (built now). The CPU stays in use for that device until
+        :meth:`forget_failures` (the user picks a device again) or :meth:`set_predictor`.
+        """
+        with self._lock:
+            self._failed.add(resolve_device(choice))
+        return self.get(weights, choice)
+
+    def forget_failures(self) -> None:
+        """Try the devices that failed again on the next build."""
+        self._failed.clear()
+
     def is_loaded(self, weights: str | Path | None, device: str = "auto") -> bool:
         """Whether :meth:`get` would return without building."""
-        return self._key == (weights_path(weights), resolve_device(device))
+        return self._key == (weights_path(weights), self._device_for(device))
 
     def get(
         self, weights: str | Path | None, device: str = "auto", progress: Any = True
@@ -71,7 +91,7 @@ class PredictorLoader:
         hash-checked download (see :func:`napari_mobilesam.weights.resolve_weights`), with
         ``progress`` as its progress bar (True: terminal bar; a callable ``(done, total)``).
         """
-        key = (weights_path(weights), resolve_device(device))
+        key = (weights_path(weights), self._device_for(device))
         with self._lock:
             if self._key != key:
                 from napari_mobilesam import SamPredictor, build_mobile_sam
@@ -87,6 +107,7 @@ class PredictorLoader:
     def set_predictor(self, predictor: Any, weights: str | Path | None, device: str) -> None:
         """Use an already built predictor (scripts and tests that share one model)."""
         with self._lock:
+            self._failed.clear()
             self._predictor = predictor
             self._key = (weights_path(weights), resolve_device(device))
             self.source = weights_path(weights)
