@@ -46,7 +46,8 @@ class WriteReport:
         return sum(self.protected) + self.protected_in_skipped
 
 
-def _transform_kwargs(layer: Layer) -> dict[str, object]:
+def placement_kwargs(layer: Layer) -> dict[str, object]:
+    """A layer's scale, translate, rotate, shear and affine: what puts its pixels in the world."""
     return {
         "scale": layer.scale,
         "translate": layer.translate,
@@ -64,7 +65,7 @@ def create_aligned_labels(
     ``uint32`` holds about four billion ids, so committing never runs out in practice.
     """
     data = np.zeros(spatial_shape(image), dtype=dtype)
-    return Labels(data, name=name or f"{image.name} labels", **_transform_kwargs(image))
+    return Labels(data, name=name or f"{image.name} labels", **placement_kwargs(image))
 
 
 def _same_placement(a: Layer, b: Layer) -> bool:

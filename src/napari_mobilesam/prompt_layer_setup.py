@@ -8,22 +8,13 @@ import numpy as np
 import pandas as pd
 from napari.layers import Layer, Points, Shapes
 
+from napari_mobilesam.labels_writer import placement_kwargs
 from napari_mobilesam.layer_prompts import POSITIVE_FEATURE
 from napari_mobilesam.plane import spatial_shape
 
 POSITIVE_COLOUR = "lime"
 NEGATIVE_COLOUR = "magenta"
 BOX_COLOUR = "cyan"
-
-
-def _transforms(image: Layer) -> dict[str, object]:
-    return {
-        "scale": image.scale,
-        "translate": image.translate,
-        "rotate": image.rotate,
-        "shear": image.shear,
-        "affine": image.affine,
-    }
 
 
 def _marker_size(image: Layer) -> float:
@@ -48,7 +39,7 @@ def make_points_layer(image: Layer, name: str = "MobileSAM points") -> Points:
         face_color_cycle={True: POSITIVE_COLOUR, False: NEGATIVE_COLOUR},
         border_color="white",
         size=_marker_size(image),
-        **_transforms(image),
+        **placement_kwargs(image),
     )
     return points
 
@@ -61,7 +52,7 @@ def make_shapes_layer(image: Layer, name: str = "MobileSAM boxes") -> Shapes:
         face_color=[0.0, 0.0, 0.0, 0.0],
         edge_color=BOX_COLOUR,
         edge_width=max(1.0, _marker_size(image) / 4.0),
-        **_transforms(image),
+        **placement_kwargs(image),
     )
 
 
