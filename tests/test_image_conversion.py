@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_mobilesam import to_uint8_rgb
+from napari_mobilesam.image_conversion import NoContrastWarning
 
 
 def test_uint8_rgb_passes_through_unchanged():
@@ -71,7 +72,8 @@ def test_non_finite_values_become_zero():
 
 @pytest.mark.parametrize("value", [0.0, 7.0, np.nan])
 def test_constant_and_all_nan_images_become_zero(value):
-    out = to_uint8_rgb(np.full((3, 3), value, dtype=np.float32))
+    with pytest.warns(NoContrastWarning, match="model sees a black image"):
+        out = to_uint8_rgb(np.full((3, 3), value, dtype=np.float32))
     assert out.shape == (3, 3, 3) and not out.any()
 
 

@@ -22,7 +22,7 @@ import napari
 from napari.layers import Image, Labels, Layer, Points, Shapes
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_info, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 
 from napari_mobilesam import status_text
@@ -344,6 +344,10 @@ class MobileSAMWidget(MobileSAMControls):
         layer = event.value
         self.cache.invalidate_layer(str(layer.unique_id))
         self._preview.layer_removed(layer)
+        if isinstance(layer, (Image, Points, Shapes)):
+            # The layer choice may not emit a change when its last layer goes, so a run in
+            # flight for the removed layer must be made stale here.
+            self._relink_layers()
 
     def _relink_layers(self, *_: Any) -> None:
         """Follow the chosen layers' events (called whenever a layer choice changes)."""
@@ -382,7 +386,9 @@ class MobileSAMWidget(MobileSAMControls):
         action = getattr(event, "action", None)
         if str(getattr(action, "value", action)) in _UNFINISHED_ACTIONS:
             return
-        self._invalidate()
+        # A finished edit (a click, a drawn box, the end of a drag) is one event: run at once
+        # instead of waiting out the debounce, which is there for slider scrubbing.
+        self._invalidate(delay_ms=0)
 
     def _on_polarity_choice(self, *_: Any) -> None:
         points = self.points_layer
@@ -401,13 +407,13 @@ class MobileSAMWidget(MobileSAMControls):
             self._invalidate()
 
     # ------------------------------------------------------------------ runs
-    def _invalidate(self, *_: Any) -> None:
+    def _invalidate(self, *_: Any, delay_ms: int = DEBOUNCE_MS) -> None:
         """The prompts, plane or settings changed: results in flight are now stale."""
         if self._closed:
             return
         self._generation += 1
         if self.live:
-            self._timer.start()
+            self._timer.start(delay_ms)
 
     def _objects_are_current(self) -> bool:
         return self._objects_generation == self._generation
@@ -480,6 +486,7 @@ class MobileSAMWidget(MobileSAMControls):
         worker.yielded.connect(partial(self._on_progress, generation))
         worker.returned.connect(partial(self._apply, generation, request))
         worker.errored.connect(self._on_error)
+        worker.warned.connect(self._on_warned)
         worker.finished.connect(partial(self._on_finished, worker))
         self._worker = worker
         worker.start()
@@ -527,10 +534,16 @@ class MobileSAMWidget(MobileSAMControls):
         self._download_bar.update(int(100 * fraction) - self._download_bar.n)
 
     def _on_error(self, exc: Exception) -> None:
-        # napari shows the exception itself; the status line keeps the short form in view.
+        # napari's worker classes do not relay errors or warnings to the notification area
+        # (their notifying mixin never gets initialised), so the widget does it.
         self._show_download(None)
         self._commit_requested = False
         self._set_status(f"error: {exc}")
+        show_error(f"MobileSAM: {exc}")
+
+    def _on_warned(self, show_warning_args: tuple) -> None:
+        """A warning raised in the worker (e.g. the fall-back from a failed GPU)."""
+        show_warning(f"MobileSAM: {show_warning_args[0]}")
 
     def _on_finished(self, worker: GeneratorWorker) -> None:
         self._show_download(None)

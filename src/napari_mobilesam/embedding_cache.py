@@ -55,6 +55,13 @@ class EmbeddingCache:
         self._bytes = 0
         # The worker thread reads and fills the cache while the UI thread may invalidate it.
         self._lock = threading.RLock()
+        self._epoch = 0
+
+    @property
+    def epoch(self) -> int:
+        """Counts invalidations: read it before encoding and pass it to :meth:`put`, so an
+        embedding whose layer, contrast or model changed meanwhile is never stored."""
+        return self._epoch
 
     @property
     def max_entries(self) -> int:
@@ -88,10 +95,18 @@ class EmbeddingCache:
             self._entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: CacheKey, value: Any, nbytes: int | None = None) -> None:
-        """Store ``value`` under ``key``, evicting least recently used entries to stay in budget."""
+    def put(
+        self, key: CacheKey, value: Any, nbytes: int | None = None, epoch: int | None = None
+    ) -> None:
+        """Store ``value`` under ``key``, evicting least recently used entries to stay in budget.
+
+        With ``epoch`` (the :attr:`epoch` read before computing ``value``), nothing is stored if
+        the cache was invalidated or cleared since: the value may be stale.
+        """
         size = size_in_bytes(value) if nbytes is None else int(nbytes)
         with self._lock:
+            if epoch is not None and epoch != self._epoch:
+                return
             self._drop(key)
             if size > self.max_bytes:
                 return
@@ -113,6 +128,7 @@ class EmbeddingCache:
         with self._lock:
             self._entries.clear()
             self._bytes = 0
+            self._epoch += 1
 
     def _drop(self, key: CacheKey) -> None:
         entry = self._entries.pop(key, None)
@@ -121,6 +137,7 @@ class EmbeddingCache:
 
     def _drop_where(self, predicate: Any) -> int:
         with self._lock:
+            self._epoch += 1
             doomed = [key for key in self._entries if predicate(key)]
             for key in doomed:
                 self._drop(key)

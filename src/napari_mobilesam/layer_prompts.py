@@ -14,6 +14,9 @@ Grouping rule, one group = one object:
 Positive and negative points are told apart by the boolean ``positive`` feature of the Points
 layer (points without that column are positive). A group of negative points only, outside every
 rectangle, describes no object and is skipped (and counted).
+
+Prompts must touch the image: points outside the plane's pixels are skipped (and counted),
+rectangles are clipped to the plane, and rectangles wholly outside it are skipped (and counted).
 """
 
 from __future__ import annotations
@@ -100,6 +103,8 @@ class PlanePrompts:
             beside them, which describe no object.
         point_indices: every point of the Points layer that lies on this plane.
         shape_indices: every shape of the Shapes layer that lies on this plane.
+        skipped_outside_points: points on this plane's slice but outside its pixels.
+        skipped_outside_shapes: rectangles on this plane's slice but wholly outside its pixels.
     """
 
     groups: tuple[PromptGroup, ...] = ()
@@ -107,6 +112,8 @@ class PlanePrompts:
     skipped_negative_points: int = 0
     point_indices: tuple[int, ...] = field(default=())
     shape_indices: tuple[int, ...] = field(default=())
+    skipped_outside_points: int = 0
+    skipped_outside_shapes: int = 0
 
 
 def rowcol_to_xy(rowcol: np.ndarray) -> np.ndarray:
@@ -170,6 +177,17 @@ def _plane_rowcol(image_positions: np.ndarray, plane: PlaneRef) -> np.ndarray:
     return image_positions[:, list(plane.displayed)]
 
 
+def _plane_extent(plane: PlaneRef) -> np.ndarray:
+    """(x_max, y_max) of the plane's pixels: pixel i covers i - 0.5 .. i + 0.5 (napari)."""
+    height, width = plane.shape
+    return np.array([width - 0.5, height - 0.5])
+
+
+def _inside_plane(xy: np.ndarray, plane: PlaneRef) -> np.ndarray:
+    """Per (x, y): whether it lies on one of the plane's pixels."""
+    return np.all((xy >= -0.5) & (xy <= _plane_extent(plane)), axis=1)
+
+
 def _positive_flags(points: Points) -> np.ndarray:
     if POSITIVE_FEATURE in points.features.columns:
         return np.asarray(points.features[POSITIVE_FEATURE], dtype=bool)
@@ -178,28 +196,30 @@ def _positive_flags(points: Points) -> np.ndarray:
 
 def _read_points(
     points: Points | None, image: Layer, plane: PlaneRef, viewer_or_dims: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points on the plane: (indices, XY coordinates, labels)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Points on the plane's slice: (indices, XY coordinates, labels, inside the pixels)."""
     if points is None or len(points.data) == 0:
-        return np.zeros(0, dtype=int), np.zeros((0, 2)), np.zeros(0, dtype=int)
+        none = np.zeros(0, dtype=int)
+        return none, np.zeros((0, 2)), none, np.zeros(0, dtype=bool)
     data = np.asarray(points.data, dtype=np.float64)
     image_positions = prompt_to_image_data(data, points, image, viewer_or_dims)
     keep = _on_plane(image_positions, plane) & _on_layer_slice(data, points, image, viewer_or_dims)
     indices = np.flatnonzero(keep)
     xy = rowcol_to_xy(_plane_rowcol(image_positions[keep], plane))
     labels = _positive_flags(points)[keep].astype(np.int64)
-    return indices, xy, labels
+    return indices, xy, labels, _inside_plane(xy, plane)
 
 
 def _read_rectangles(
     shapes: Shapes | None, image: Layer, plane: PlaneRef, viewer_or_dims: Any
-) -> tuple[list[tuple[int, np.ndarray]], list[int], int]:
-    """Rectangles on the plane as (shape index, XYXY box); all shape indices on it; skipped."""
+) -> tuple[list[tuple[int, np.ndarray]], list[int], int, int]:
+    """Rectangles on the plane as (shape index, XYXY box clipped to the plane); all shape
+    indices on it; skipped (not rectangles, no area); skipped (wholly outside the plane)."""
     boxes: list[tuple[int, np.ndarray]] = []
     on_plane: list[int] = []
-    skipped = 0
+    skipped = outside = 0
     if shapes is None:
-        return boxes, on_plane, skipped
+        return boxes, on_plane, skipped, outside
     for index, shape_type in enumerate(shapes.shape_type):
         vertices = np.asarray(shapes.data[index], dtype=np.float64)
         image_positions = prompt_to_image_data(vertices, shapes, image, viewer_or_dims)
@@ -217,8 +237,14 @@ def _read_rectangles(
         if shape_type != "rectangle" or box[2] <= box[0] or box[3] <= box[1]:
             skipped += 1
             continue
+        # Clipped, so a rectangle dragged past the edge means the part on the image.
+        low, high = np.full(2, -0.5), _plane_extent(plane)
+        box = np.concatenate([np.maximum(box[:2], low), np.minimum(box[2:], high)])
+        if box[2] <= box[0] or box[3] <= box[1]:
+            outside += 1
+            continue
         boxes.append((index, box))
-    return boxes, on_plane, skipped
+    return boxes, on_plane, skipped, outside
 
 
 def _containing_box(xy: np.ndarray, boxes: Sequence[tuple[int, np.ndarray]]) -> int | None:
@@ -249,16 +275,16 @@ def read_plane_prompts(
         points_layer: point prompts (``features['positive']`` tells positive from negative).
         shapes_layer: box prompts (rectangles; other shapes are skipped and counted).
     """
-    point_idx, point_xy, point_labels = _read_points(
+    point_idx, point_xy, point_labels, inside = _read_points(
         points_layer, image_layer, plane, viewer_or_dims
     )
-    boxes, shape_indices, skipped_shapes = _read_rectangles(
+    boxes, shape_indices, skipped_shapes, outside_shapes = _read_rectangles(
         shapes_layer, image_layer, plane, viewer_or_dims
     )
 
     members: list[list[int]] = [[] for _ in boxes]
     free: list[int] = []
-    for k in range(len(point_idx)):
+    for k in np.flatnonzero(inside):
         owner = _containing_box(point_xy[k], boxes)
         (free if owner is None else members[owner]).append(k)
 
@@ -289,4 +315,6 @@ def read_plane_prompts(
         skipped_negative_points=skipped_negative,
         point_indices=tuple(int(i) for i in point_idx),
         shape_indices=tuple(shape_indices),
+        skipped_outside_points=int(np.count_nonzero(~inside)),
+        skipped_outside_shapes=outside_shapes,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .image_conversion import to_uint8_rgb
+from .image_conversion import shrink_for_encoder, to_uint8_rgb
 from .modeling import Sam
 from .transforms import ResizeLongestSide
 
@@ -31,27 +31,47 @@ class SamPredictor:
         return self.model.device
 
     # ----------------------------------------------------------------- image embedding
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+    def set_image(
+        self,
+        image: np.ndarray,
+        image_format: str = "RGB",
+        original_size: tuple[int, int] | None = None,
+    ) -> None:
         """Compute the embedding of ``image``.
 
         Arguments:
-          image: (H, W, 3) uint8 in ``image_format`` channel order. Grayscale (H, W), RGBA and
-            non-uint8 images are first converted by :func:`napari_mobilesam.to_uint8_rgb`.
+          image: (H, W, 3) uint8 in ``image_format`` channel order. Grayscale (H, W), 2-channel,
+            RGBA and non-uint8 images are first converted by
+            :func:`napari_mobilesam.to_uint8_rgb`. Any array that can be sliced by rows works
+            (numpy memmap, dask, zarr): a plane with a side of 4096 pixels or more is first
+            reduced by block averaging, read a band at a time (see
+            :func:`napari_mobilesam.image_conversion.shrink_for_encoder`), so memory stays
+            bounded whatever its size.
           image_format: "RGB" or "BGR".
+          original_size: (H, W) of the plane ``image`` was already reduced from, if it was;
+            prompts and masks then refer to that plane's pixels.
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
-        image = np.asarray(image)
-        if image.size == 0:
-            raise ValueError(f"The image is empty (shape {image.shape}); nothing to segment.")
+        shape = tuple(np.shape(image))
+        if int(np.prod(shape)) == 0:
+            raise ValueError(f"The image is empty (shape {shape}); nothing to segment.")
+        if original_size is None:
+            original_size = (int(shape[0]), int(shape[1])) if len(shape) >= 2 else shape
+            image = shrink_for_encoder(image, self.transform.target_length)
+        else:
+            original_size = (int(original_size[0]), int(original_size[1]))
+            if min(original_size) < 1:
+                raise ValueError(f"original_size must be a positive (H, W), got {original_size}.")
+            image = np.asarray(image)
         if image_format != self.model.image_format and image.ndim == 3 and image.shape[-1] >= 3:
             image = image[..., [2, 1, 0]]
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-            image = to_uint8_rgb(image, rgb=image.ndim == 3 and image.shape[-1] in (3, 4))
-        input_image = self.transform.apply_image(image)
+            image = to_uint8_rgb(image)
+        input_image = self.transform.apply_image(image, original_size)
         input_image_torch = torch.as_tensor(input_image, device=self.device)
         input_image_torch = input_image_torch.permute(2, 0, 1).contiguous()[None]
-        self.set_torch_image(input_image_torch, image.shape[:2])
+        self.set_torch_image(input_image_torch, original_size)
 
     @torch.inference_mode()
     def set_torch_image(
@@ -74,7 +94,13 @@ class SamPredictor:
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = (int(shape[2]), int(shape[3]))
         input_image = self.model.preprocess(transformed_image.to(self.device))
-        self.features = self.model.image_encoder(input_image)
+        dtype = self.model.encoder_dtype
+        if dtype is None:
+            self.features = self.model.image_encoder(input_image)
+        else:
+            # Half precision for the encoder only (CUDA by default); the decoder stays float32.
+            with torch.autocast(self.device.type, dtype=dtype):
+                self.features = self.model.image_encoder(input_image).float()
         self.is_image_set = True
 
     def set_image_embedding(
@@ -142,7 +168,7 @@ class SamPredictor:
             if point_labels is None:
                 raise ValueError("point_labels must be given with point_coords (1 = fg, 0 = bg).")
             coords = _as_float_array(point_coords, "point_coords")
-            labels = np.asarray(point_labels)
+            labels = _as_float_array(point_labels, "point_labels")
             if coords.ndim != 2 or coords.shape[1] != 2:
                 raise ValueError(f"point_coords must be (N, 2) (x, y), got {coords.shape}.")
             if labels.shape != (coords.shape[0],):
@@ -150,6 +176,13 @@ class SamPredictor:
                     f"point_labels must be ({coords.shape[0]},) to match point_coords, "
                     f"got {labels.shape}."
                 )
+            # -1 is SAM's padding label: accepted as segment-anything does.
+            if not np.isin(labels, (-1, 0, 1)).all():
+                raise ValueError(
+                    "point_labels must be 1 (foreground) or 0 (background), got "
+                    f"{np.unique(labels).tolist()}."
+                )
+            _check_near_image(coords, self.original_size, "point_coords")
             coords = self.transform.apply_coords(coords, self.original_size)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
@@ -159,6 +192,16 @@ class SamPredictor:
             box_arr = _as_float_array(box, "box")
             if box_arr.size != 4:
                 raise ValueError(f"box must be (4,) XYXY, got {box_arr.shape}.")
+            x0, y0, x1, y1 = box_arr.reshape(4)
+            if x1 < x0 or y1 < y0:
+                # SAM encodes the two corners as they come; swapped corners give a meaningless
+                # mask, and are most often an XYWH box or (row, col) order passed by mistake.
+                raise ValueError(
+                    f"box must be XYXY [x0, y0, x1, y1] with x0 <= x1 and y0 <= y1, got "
+                    f"{box_arr.reshape(4).tolist()}; convert an XYWH box with x1 = x0 + w, "
+                    "y1 = y0 + h."
+                )
+            _check_near_image(box_arr.reshape(2, 2), self.original_size, "box")
             box_arr = self.transform.apply_boxes(box_arr, self.original_size)
             box_t = torch.as_tensor(box_arr, dtype=torch.float, device=self.device)[None]
         if mask_input is not None:
@@ -229,7 +272,29 @@ class SamPredictor:
 
 
 def _as_float_array(value: object, name: str) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be numbers, got {value!r}.") from exc
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinite values.")
     return arr
+
+
+def _check_near_image(xy: np.ndarray, size: tuple[int, int] | None, name: str) -> None:
+    """Refuse (x, y) positions more than one image size outside the image.
+
+    SAM accepts positions a little outside the image, but far away they mean nothing (and past
+    float32's range they turn the masks into NaN); that is nearly always a mix-up of frames,
+    such as world coordinates or another image's pixels.
+    """
+    if size is None or xy.size == 0:
+        return
+    height, width = size
+    x, y = xy[..., 0], xy[..., 1]
+    if (x < -width).any() or (x > 2 * width).any() or (y < -height).any() or (y > 2 * height).any():
+        raise ValueError(
+            f"{name} has (x, y) positions far outside the {width} x {height} (width x height) "
+            f"image: {xy.reshape(-1, 2).tolist()[:4]}. Give (x, y) = (column, row) in this "
+            "image's pixels; positions at most one image size outside it are accepted."
+        )

@@ -82,9 +82,7 @@ class PredictorLoader:
         """Whether :meth:`get` would return without building."""
         return self._key == (weights_path(weights), self._device_for(device))
 
-    def get(
-        self, weights: str | Path | None, device: str = "auto", progress: Any = True
-    ) -> Any:
+    def get(self, weights: str | Path | None, device: str = "auto", progress: Any = True) -> Any:
         """The ``SamPredictor`` for ``weights`` on ``device``.
 
         ``None`` means automatic: ``$NAPARI_MOBILESAM_WEIGHTS``, then the cache, then a

@@ -223,6 +223,12 @@ def propagate(
                 break
             t0 = time.perf_counter()
             embedding, size = embed(plane)
+            wrong = [t.mask.shape for t in tracks if t.mask.shape != tuple(size)]
+            if wrong:  # else numpy fails later with a broadcasting error that names nothing
+                raise ValueError(
+                    f"Seed masks of shape {wrong[0]} do not match the planes, which are "
+                    f"{tuple(size)}; seeds must be masks of the start plane."
+                )
             predictor.set_image_embedding(embedding, size)
             for track, result in zip(tracks, results, strict=True):
                 if track.active:

@@ -31,7 +31,7 @@ import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
 from napari_mobilesam.embedding_cache import EmbeddingCache
-from napari_mobilesam.labels_writer import WriteReport, check_target, write_masks
+from napari_mobilesam.labels_writer import LabelsError, WriteReport, check_target, write_masks
 from napari_mobilesam.layer_prompts import PlanePrompts, PromptGroup, read_plane_prompts
 from napari_mobilesam.plane import PlaneRef, current_plane, full_resolution_data
 
@@ -39,7 +39,7 @@ from napari_mobilesam.plane import PlaneRef, current_plane, full_resolution_data
 class PredictorLike(Protocol):
     """The part of ``SamPredictor`` used here."""
 
-    def set_image(self, image: np.ndarray) -> None: ...
+    def set_image(self, image: np.ndarray, **kwargs: Any) -> None: ...
 
     def get_image_embedding(self) -> Any: ...
 
@@ -173,11 +173,17 @@ def capture_request(
 
 
 def model_input(request: SegmentRequest) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of the request's plane, mapped with the captured contrast limits."""
-    from napari_mobilesam.image_conversion import to_uint8_rgb
+    """(h, w, 3) uint8 RGB of the request's plane, mapped with the captured contrast limits.
+
+    (h, w) is the plane's (H, W), except for planes of 4096 pixels or more on a side: those are
+    reduced by block averaging while they are read (a band of rows at a time, lazily for dask
+    and zarr), so memory stays bounded by the reduced plane; the encoder only sees 1024 pixels.
+    """
+    from napari_mobilesam.image_conversion import shrink_for_encoder, to_uint8_rgb
 
     index = request.plane.data_index + ((slice(None),) if request.rgb else ())
-    pixels = request.plane.orient(np.asarray(request.source[index]))
+    # Not np.asarray: a lazy plane stays lazy until shrink_for_encoder reads it band by band.
+    pixels = shrink_for_encoder(request.plane.orient(request.source[index]))
     return to_uint8_rgb(pixels, contrast_limits=request.contrast_limits, rgb=request.rgb)
 
 
@@ -208,9 +214,16 @@ def ensure_embedding(
             embedding, original_size = cached
             predictor.set_image_embedding(embedding, original_size)
             return True
-    predictor.set_image(model_input(request))
+    epoch = None if cache is None else cache.epoch
+    image = model_input(request)
+    if image.shape[:2] == request.plane.shape:
+        predictor.set_image(image)
+    else:  # reduced from a huge plane: prompts and masks still use the plane's pixels
+        predictor.set_image(image, original_size=request.plane.shape)
     if cache is not None:
-        cache.put(request.cache_key, (predictor.get_image_embedding(), request.plane.shape))
+        # Not stored if the layer, its contrast or the model changed while this one encoded.
+        embedding = (predictor.get_image_embedding(), request.plane.shape)
+        cache.put(request.cache_key, embedding, epoch=epoch)
     return False
 
 
@@ -331,7 +344,38 @@ def commit_report(
     """Like :func:`commit_objects`, returning the full :class:`WriteReport`."""
     if image_layer is not None:
         check_target(labels_layer, image_layer)
+    else:
+        _check_planes_fit(labels_layer, objects)
     return write_masks(labels_layer, [(obj.plane, obj.mask) for obj in objects], protect)
+
+
+def _check_planes_fit(labels_layer: Labels, objects: Sequence[SegmentedObject]) -> None:
+    """Without an image to check against, at least every mask must land inside the layer.
+
+    Otherwise numpy fails deep inside the write with an index error, or a float layer would
+    take fractional ids.
+    """
+    data = labels_layer.data
+    dtype = np.dtype(getattr(data, "dtype", np.float64))
+    if dtype.kind not in "iu":
+        raise LabelsError(
+            f"Labels layer '{labels_layer.name}' has dtype {dtype}; label ids need an integer "
+            "dtype."
+        )
+    shape = tuple(int(s) for s in np.shape(data))
+    for obj in objects:
+        plane = obj.plane
+        fits = len(plane.slice_index) == len(shape) and all(
+            (index is None and size == plane.shape[plane.displayed.index(axis)])
+            or (index is not None and 0 <= index < size)
+            for axis, (index, size) in enumerate(zip(plane.slice_index, shape, strict=True))
+        )
+        if not fits:
+            raise LabelsError(
+                f"Labels layer '{labels_layer.name}' has shape {shape}, which does not hold a "
+                f"{plane.shape} mask at slice {plane.slice_index}; pass image_layer= to check "
+                "the layer against the image, or create one with create_aligned_labels(image)."
+            )
 
 
 def commit_objects(

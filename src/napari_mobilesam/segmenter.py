@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .image_conversion import to_uint8_rgb
+from .image_conversion import shrink_for_encoder, to_uint8_rgb
 
 
 @dataclass
@@ -135,14 +135,24 @@ class MobileSAM:
         return self.model.device
 
     def set_image(self, source: str | os.PathLike[str] | np.ndarray) -> tuple[int, int]:
-        """Encode an image (skipped when it is the same content as the last one); returns (H, W)."""
-        image = to_uint8_rgb(_load_image(source))
-        key = (image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest())
+        """Encode an image (skipped when it is the same content as the last one); returns (H, W).
+
+        A plane of 4096 pixels or more on a side is reduced by block averaging before it is
+        converted (see :func:`napari_mobilesam.image_conversion.shrink_for_encoder`), so a huge
+        memmap costs memory for the reduced plane only.
+        """
+        pixels = _load_image(source)
+        shape = tuple(int(s) for s in pixels.shape)
+        if pixels.size == 0:
+            raise ValueError(f"The image is empty (shape {shape}); nothing to segment.")
+        size = (shape[0], shape[1]) if len(shape) >= 2 else (shape[0], 1)
+        image = to_uint8_rgb(shrink_for_encoder(pixels, self.predictor.transform.target_length))
+        key = (size, image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest())
         if key != self._image_key:
             self._image_key = None
-            self.predictor.set_image(image)
+            self.predictor.set_image(image, original_size=size)
             self._image_key = key
-        return image.shape[0], image.shape[1]
+        return size
 
     def predict(
         self,
@@ -165,6 +175,12 @@ class MobileSAM:
             )
         if not groups and not boxes:
             raise ValueError("Give at least one prompt: points=[x, y] or bboxes=[x0, y0, x1, y1].")
+        for i, (_, labs) in enumerate(groups):
+            if not boxes and not labs.any():
+                raise ValueError(
+                    f"Point group {i} has only background points (label 0) and no box, so it "
+                    "describes no object; add a foreground point (label 1) or a box."
+                )
         h, w = self.set_image(source)
 
         masks, scores, low_res = [], [], []

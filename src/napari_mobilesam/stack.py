@@ -28,7 +28,7 @@ import numpy as np
 
 from .disk_cache import DiskEmbeddingCache
 from .embedding_cache import EmbeddingCache
-from .image_conversion import robust_limits, to_uint8_rgb
+from .image_conversion import robust_limits, shrink_for_encoder, to_uint8_rgb
 from .propagation import (
     PropagatedObject,
     PropagationSettings,
@@ -49,7 +49,8 @@ def stack_contrast_limits(
     """
     n = volume.shape[axis]
     picks = np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(int))
-    planes = [np.asarray(np.take(volume, int(i), axis=axis)) for i in picks]
+    # Huge planes are sampled reduced (see shrink_for_encoder): memory stays bounded.
+    planes = [shrink_for_encoder(np.take(volume, int(i), axis=axis)) for i in picks]
     return robust_limits(np.stack(planes))
 
 
@@ -125,8 +126,9 @@ class StackEmbeddings:
         return tuple(position)
 
     def model_input(self, plane: int) -> np.ndarray:
-        """(H, W, 3) uint8 RGB of one plane (reads only that plane)."""
-        pixels = np.asarray(self.volume[self.index(plane)])
+        """(H, W, 3) uint8 RGB of one plane (reads only that plane; a huge plane comes out
+        reduced by :func:`~napari_mobilesam.image_conversion.shrink_for_encoder`)."""
+        pixels = shrink_for_encoder(self.volume[self.index(plane)])
         return to_uint8_rgb(pixels, self.contrast_limits, rgb=self.rgb)
 
     def _memory_key(self, plane: int) -> tuple[Hashable, Hashable, Hashable]:
@@ -156,7 +158,10 @@ class StackEmbeddings:
         if stored is not None:
             embedding, source = torch.from_numpy(stored).to(self._encoder.device), "disk"
         else:
-            self._encoder.set_image(image)
+            if image.shape[:2] == self.plane_shape:
+                self._encoder.set_image(image)
+            else:  # reduced from a huge plane
+                self._encoder.set_image(image, original_size=self.plane_shape)
             embedding, source = self._encoder.get_image_embedding(), "encoder"
             self._encoder.reset_image()
             self.encoded += 1

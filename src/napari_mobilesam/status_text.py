@@ -16,6 +16,10 @@ def run_summary(objects: int, prompts: PlanePrompts) -> str:
         parts.append(f"{prompts.skipped_shapes} non-rectangle shape(s) ignored")
     if prompts.skipped_negative_points:
         parts.append(f"{prompts.skipped_negative_points} negative point(s) with no object ignored")
+    if prompts.skipped_outside_points:
+        parts.append(f"{prompts.skipped_outside_points} point(s) outside the image ignored")
+    if prompts.skipped_outside_shapes:
+        parts.append(f"{prompts.skipped_outside_shapes} box(es) outside the image ignored")
     return "; ".join(parts)
 
 

@@ -30,9 +30,17 @@ class ResizeLongestSide:
         newh, neww = oldh * scale, oldw * scale
         return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
-    def apply_image(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 -> (newh, neww, 3) uint8."""
-        newh, neww = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
+    def apply_image(
+        self, image: np.ndarray, original_size: tuple[int, ...] | None = None
+    ) -> np.ndarray:
+        """(H, W, 3) uint8 -> (newh, neww, 3) uint8.
+
+        ``original_size`` is the (H, W) of the plane when ``image`` is a reduced copy of it
+        (see :func:`napari_mobilesam.image_conversion.shrink_for_encoder`): the output then has
+        the size the full plane would get, so prompts and masks map as for the full plane.
+        """
+        old_h, old_w = image.shape[:2] if original_size is None else original_size[:2]
+        newh, neww = self.get_preprocess_shape(old_h, old_w, self.target_length)
         resized = Image.fromarray(np.ascontiguousarray(image)).resize((neww, newh), Image.BILINEAR)
         return np.array(resized)  # a writable copy: torch refuses read-only buffers
 

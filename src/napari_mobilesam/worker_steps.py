@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections.abc import Generator
 from pathlib import Path
 
@@ -47,8 +48,28 @@ def model_steps(
         yield from load_steps(loader, weights, device)
         yield Progress("model", time.perf_counter() - start)
     predictor = loader.get(weights, device)
-    result = yield from run_request(request, predictor, cache, multimask_output, previous)
+    try:
+        result = yield from run_request(request, predictor, cache, multimask_output, previous)
+    except (RuntimeError, NotImplementedError) as exc:
+        # GPUs fail in ways the CPU does not (out of memory, driver errors, operators MPS
+        # lacks): finish this run on the CPU rather than leave the user with a traceback.
+        failed = loader.device
+        if failed in (None, "cpu"):
+            raise
+        warnings.warn(
+            f"The model failed on {failed} ({type(exc).__name__}: {exc}); using the CPU "
+            "instead. Pick the device again to retry it.",
+            DeviceFallbackWarning,
+            stacklevel=2,
+        )
+        predictor = loader.fall_back_to_cpu(weights, device)
+        cache.clear()  # embeddings from the failed device are not trusted
+        result = yield from run_request(request, predictor, cache, multimask_output, previous)
     return result
+
+
+class DeviceFallbackWarning(UserWarning):
+    """The model failed on a GPU (CUDA or MPS) and the run was repeated on the CPU."""
 
 
 class DownloadCancelled(Exception):

@@ -41,7 +41,8 @@ def optimize_for_inference(model: nn.Module) -> nn.Module:
     if encoder is not None and next(encoder.parameters()).device.type == "cpu":
         encoder.to(memory_format=torch.channels_last)
         encoder.channels_last = True
-        if gelu_fusion_available():
+        # The fused oneDNN ops take float32 only, so not under a half-precision autocast.
+        if gelu_fusion_available() and getattr(model, "encoder_dtype", None) is None:
             fuse_gelu(encoder)
     model.optimized = True
     return model

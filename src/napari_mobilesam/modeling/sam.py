@@ -37,6 +37,9 @@ class Sam(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.optimized = False  # True after modeling.inference.optimize_for_inference
+        # Autocast dtype for the image encoder (None: float32). float16 on CUDA by default; its
+        # error bound against the float32 reference is tested in tests/test_half_precision.py.
+        self.encoder_dtype: torch.dtype | None = None
         # Constants, not weights: kept out of the checkpoint (persistent=False).
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
