@@ -362,7 +362,7 @@ class MobileSAMWidget(MobileSAMControls):
             if layer is not None:
                 self._watch(self._layer_connections, layer.events.data, self._on_prompt_event)
         if points is not None:
-            self._watch(self._layer_connections, points.events.features, self._invalidate)
+            self._watch(self._layer_connections, points.events.features, self._on_prompt_event)
             self.new_points_positive = new_points_positive(points)
         if image is None or self._preview.image_id != str(image.unique_id):
             self._forget_objects()
