@@ -166,3 +166,40 @@ def test_axis_choices_follow_the_image(dock):
     viewer, image, widget, *_ = dock(stack4d, scale=(1, 1, 1, 1))
     choices = widget.stack.panel._axis_combo.choices
     assert None in choices and 0 in choices and 1 in choices
+
+
+def counting(function, calls: list[int]):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.golden
+def test_disk_cache_makes_reopening_instant(
+    make_napari_viewer, golden_model, monkeypatch, tmp_path
+):
+    """With "keep embeddings on disk", a new session loads the plane instead of encoding it."""
+    from napari_mobilesam import SamPredictor
+
+    monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(tmp_path))
+    data = np.random.default_rng(7).integers(0, 255, (40, 50), dtype=np.uint8)
+    results = []
+    for _session in range(2):
+        viewer = make_napari_viewer()
+        viewer.add_image(data, contrast_limits=(0, 255))
+        _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+        predictor = SamPredictor(golden_model)
+        encodes: list[int] = []
+        predictor.set_image = counting(predictor.set_image, encodes)
+        widget.use_predictor(predictor, None, "cpu")
+        widget.live = False
+        widget.stack.panel._disk_check.value = True
+        points, _ = widget.create_prompt_layers()
+        points.add([[20, 25]])
+        objects = widget.segment()
+        results.append((len(encodes), objects[0].masks.copy()))
+    assert results[0][0] == 1 and results[1][0] == 0  # encoded once, then read from disk
+    assert np.array_equal(results[0][1], results[1][1])
+    assert len(list((tmp_path / "embeddings").rglob("*.npy"))) == 1

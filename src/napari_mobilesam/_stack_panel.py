@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
 
 from napari_mobilesam.propagation import PROMPT_MODES, PropagationSettings
 
@@ -39,6 +47,11 @@ class StackPanel(Container):
         )
         self._propagate_button = PushButton(text="Propagate through stack (Shift+P)")
         self._precompute_button = PushButton(text="Precompute embeddings")
+        self._disk_check = CheckBox(
+            text="keep embeddings on disk",
+            value=False,
+            tooltip="Reopening the same data later loads embeddings instead of encoding.",
+        )
         self._stack_status = Label(label="3D", value="-")
         self.extend(
             [
@@ -50,6 +63,7 @@ class StackPanel(Container):
                 self._prompt_combo,
                 self._propagate_button,
                 self._precompute_button,
+                self._disk_check,
                 self._stack_status,
             ]
         )

@@ -59,6 +59,13 @@ class StackRunner:
         self._bar: Any = None
         self.panel._propagate_button.changed.connect(self.start_propagation)
         self.panel._precompute_button.changed.connect(self.start_precompute)
+        self.panel._disk_check.changed.connect(self.set_disk_cache)
+
+    def set_disk_cache(self, enabled: bool) -> None:
+        """Also keep embeddings on disk (the user cache folder), or memory only."""
+        from napari_mobilesam.disk_cache import default_cache_folder
+
+        self.widget.cache.disk_folder = default_cache_folder() if enabled else None
 
     # ------------------------------------------------------------------ capture
     def refresh_axes(self) -> None:

@@ -20,13 +20,17 @@ EMBEDDING_SHAPE = (1, 256, 64, 64)
 
 
 def model_fingerprint(model) -> str:
-    """A short hash of a torch model's state dict (names, shapes and values)."""
+    """A short hash of a torch model's state dict (names, shapes and values); memoised."""
+    known = getattr(model, "_napari_mobilesam_fingerprint", None)
+    if known is not None:
+        return known
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    model._napari_mobilesam_fingerprint = digest.hexdigest()
+    return model._napari_mobilesam_fingerprint
 
 
 def default_cache_folder() -> Path:

@@ -49,6 +49,8 @@ class EmbeddingCache:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
+        # Where embeddings also go on disk (None: memory only); see segment.ensure_embedding.
+        self.disk_folder: Any = None
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[CacheKey, tuple[Any, int]] = OrderedDict()

@@ -216,15 +216,34 @@ def ensure_embedding(
             return True
     epoch = None if cache is None else cache.epoch
     image = model_input(request)
-    if image.shape[:2] == request.plane.shape:
+    disk = _disk_store(cache, predictor)
+    key = disk.key(image) if disk is not None else None
+    stored = disk.get(key) if disk is not None else None
+    if stored is not None:
+        import torch
+
+        predictor.set_image_embedding(torch.from_numpy(stored), request.plane.shape)
+    elif image.shape[:2] == request.plane.shape:
         predictor.set_image(image)
     else:  # reduced from a huge plane: prompts and masks still use the plane's pixels
         predictor.set_image(image, original_size=request.plane.shape)
+    if disk is not None and stored is None:
+        disk.put(key, predictor.get_image_embedding().float().cpu().numpy())
     if cache is not None:
         # Not stored if the layer, its contrast or the model changed while this one encoded.
         embedding = (predictor.get_image_embedding(), request.plane.shape)
         cache.put(request.cache_key, embedding, epoch=epoch)
-    return False
+    return stored is not None
+
+
+def _disk_store(cache: EmbeddingCache | None, predictor: PredictorLike) -> Any:
+    """The on-disk store for this model when the cache has a disk folder, else None."""
+    model = getattr(predictor, "model", None)
+    if cache is None or cache.disk_folder is None or model is None:
+        return None
+    from napari_mobilesam.disk_cache import DiskEmbeddingCache, model_fingerprint
+
+    return DiskEmbeddingCache(cache.disk_folder, model_fingerprint(model))
 
 
 def run_request(
