@@ -203,3 +203,36 @@ def test_disk_cache_makes_reopening_instant(
     assert results[0][0] == 1 and results[1][0] == 0  # encoded once, then read from disk
     assert np.array_equal(results[0][1], results[1][1])
     assert len(list((tmp_path / "embeddings").rglob("*.npy"))) == 1
+
+
+class FailsAfterFirstEncode(ThresholdPredictor):
+    """Encodes the start plane, then fails as a GPU out of memory does."""
+
+    def set_image(self, image):
+        if self.encoded >= 1:
+            raise RuntimeError("CUDA error: out of memory")
+        super().set_image(image)
+
+
+def test_propagation_falls_back_to_cpu_after_a_gpu_failure(dock, blobs, monkeypatch):
+    import torch
+
+    import napari_mobilesam
+    import napari_mobilesam.weights
+    from napari_mobilesam.worker_steps import DeviceFallbackWarning
+
+    a, _, stack = blobs
+    cpu = ThresholdPredictor()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(napari_mobilesam, "build_mobile_sam", lambda path, device: device)
+    monkeypatch.setattr(napari_mobilesam, "SamPredictor", lambda model: cpu)
+    monkeypatch.setattr(napari_mobilesam.weights, "resolve_weights", lambda p, **k: p)
+    viewer, image, widget, points, _, gpu = dock(stack, FailsAfterFirstEncode())
+    widget.use_predictor(gpu, None, "cuda")
+    go_to_plane(viewer, image, 10)
+    points.add([[10, 20, 20]])
+    widget.segment()
+    with pytest.warns(DeviceFallbackWarning, match="failed on cuda .*using the CPU"):
+        ids = widget.propagate()
+    assert widget.loader.device == "cpu" and cpu.encoded > 0
+    assert np.array_equal(labels_of(widget).data == ids[0], a)

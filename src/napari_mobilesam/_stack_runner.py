@@ -29,7 +29,7 @@ from napari_mobilesam.stack_layers import (
     stop_planes,
     walk_axes,
 )
-from napari_mobilesam.worker_steps import load_steps, locked_steps
+from napari_mobilesam.worker_steps import loaded_steps, locked_steps
 
 if TYPE_CHECKING:
     from napari_mobilesam._widget import MobileSAMWidget
@@ -90,12 +90,14 @@ class StackRunner:
         return _Job(request, axis, n_planes)
 
     def _steps(self, job: _Job, body: Any) -> Generator[Any, None, Any]:
-        """Load the model if needed (download progress included), then run ``body``."""
+        """Load the model if needed (download progress included), then run ``body``; a GPU
+        failure falls back to the CPU as in the 2D path."""
         widget = self.widget
-        if not widget.loader.is_loaded(widget.weights, widget.device):
-            yield from load_steps(widget.loader, widget.weights, widget.device)
-        predictor = widget.loader.get(widget.weights, widget.device)
-        return (yield from body(predictor))
+        return (
+            yield from loaded_steps(
+                widget.loader, widget.weights, widget.device, widget.cache, body
+            )
+        )
 
     def _propagation_body(self, job: _Job, objects: list, settings: Any):
         def body(predictor: Any):
@@ -178,6 +180,7 @@ class StackRunner:
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(partial(self._on_returned, kind))
         worker.errored.connect(self._on_error)
+        worker.warned.connect(widget._on_warned)
         worker.finished.connect(partial(self._on_finished, worker))
         self.worker, self.kind, self._cancelled = worker, kind, False
         self._bar = napari_progress(total=max(1, total), desc=f"MobileSAM: {kind}")
@@ -187,8 +190,9 @@ class StackRunner:
     def _on_progress(self, item: Any) -> None:
         if self._cancelled:
             return  # a step that finished after Cancel: keep "cancelled" on screen
-        if getattr(item, "stage", None) == "download":
-            self.widget._on_progress(self.widget._generation, item)
+        if hasattr(item, "stage"):  # loading the model: the download shows in the widget
+            if item.stage == "download":
+                self.widget._on_progress(self.widget._generation, item)
             return
         if isinstance(item, tuple):  # precompute: (plane, done, total)
             plane, done, total = item

@@ -9,8 +9,9 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 from napari_mobilesam.embedding_cache import EmbeddingCache
 from napari_mobilesam.predictor_loader import PredictorLoader
@@ -43,13 +44,29 @@ def model_steps(
 ) -> Generator[Progress, None, SegmentResult]:
     """Load the model if needed (downloading the weights, with progress, if it comes to that),
     then :func:`~napari_mobilesam.segment.run_request`."""
+
+    def body(predictor: Any) -> Generator[Progress, None, SegmentResult]:
+        return run_request(request, predictor, cache, multimask_output, previous)
+
+    return (yield from loaded_steps(loader, weights, device, cache, body))
+
+
+def loaded_steps(
+    loader: PredictorLoader,
+    weights: Path | None,
+    device: str,
+    cache: EmbeddingCache,
+    body: Callable[[Any], Generator[Any, None, Any]],
+) -> Generator[Any, None, Any]:
+    """Load the model if needed, then run ``body(predictor)``; after a GPU failure, warn and run
+    it again on the CPU (the 2D run and the 3D runs share this)."""
     if not loader.is_loaded(weights, device):
         start = time.perf_counter()
         yield from load_steps(loader, weights, device)
         yield Progress("model", time.perf_counter() - start)
     predictor = loader.get(weights, device)
     try:
-        result = yield from run_request(request, predictor, cache, multimask_output, previous)
+        result = yield from body(predictor)
     except (RuntimeError, NotImplementedError) as exc:
         # GPUs fail in ways the CPU does not (out of memory, driver errors, operators MPS
         # lacks): finish this run on the CPU rather than leave the user with a traceback.
@@ -64,7 +81,7 @@ def model_steps(
         )
         predictor = loader.fall_back_to_cpu(weights, device)
         cache.clear()  # embeddings from the failed device are not trusted
-        result = yield from run_request(request, predictor, cache, multimask_output, previous)
+        result = yield from body(predictor)
     return result
 
 
