@@ -116,3 +116,12 @@ def test_bad_sources_are_explained(sam, tmp_path):
         sam.predict(tmp_path / "missing.png", points=[1, 1])
     with pytest.raises(TypeError, match="image path or a numpy array"):
         sam.predict([[1, 2], [3, 4]], points=[1, 1])
+
+
+def test_weights_default_to_the_documented_order(monkeypatch, synthetic_checkpoint):
+    """MobileSAM() with no path takes $NAPARI_MOBILESAM_WEIGHTS (before cache and download)."""
+    from napari_mobilesam import MobileSAM
+
+    monkeypatch.setenv("NAPARI_MOBILESAM_WEIGHTS", str(synthetic_checkpoint))
+    sam = MobileSAM(device="cpu")
+    assert sam.model.optimized and sam.device.type == "cpu"

@@ -112,7 +112,8 @@ class MobileSAM:
     """Load MobileSAM once, then segment images with point and box prompts.
 
     Arguments:
-      weights: path of ``mobile_sam.pt`` (or a file with the same layout).
+      weights: path of ``mobile_sam.pt`` (or a file with the same layout); None looks in
+        ``$NAPARI_MOBILESAM_WEIGHTS``, then the cache, then downloads (see README, Weights).
       device: "cpu", "cuda", "mps" or None for automatic (CUDA > MPS > CPU).
 
     Example::
@@ -122,11 +123,15 @@ class MobileSAM:
         res.masks  # (2, H, W) bool, one object per point
     """
 
-    def __init__(self, weights: str | os.PathLike[str], device: str | None = None) -> None:
+    def __init__(
+        self, weights: str | os.PathLike[str] | None = None, device: str | None = None
+    ) -> None:
         from .build import build_mobile_sam
         from .predictor import SamPredictor
+        from .weights import resolve_weights
 
-        self.model = build_mobile_sam(weights, device=device)
+        # None follows the documented order: $NAPARI_MOBILESAM_WEIGHTS, the cache, a download.
+        self.model = build_mobile_sam(resolve_weights(weights), device=device)
         self.predictor = SamPredictor(self.model)
         self._image_key: tuple | None = None
 
