@@ -157,6 +157,7 @@ def env() -> SimpleNamespace:
     embedding = torch.randn(1, 256, 64, 64)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("napari_mobilesam.build.build_mobile_sam", lambda *a, **k: model)
+        mp.setattr("napari_mobilesam.weights.resolve_weights", lambda path, **k: path)
         sam = MobileSAM("unused.pt")
     sam.predictor = EmbeddingStub(model, embedding)
     return SimpleNamespace(
