@@ -89,7 +89,7 @@ class StackRunner:
         n_planes = int(spatial_shape(widget._require_image())[axis])
         return _Job(request, axis, n_planes)
 
-    def _steps(self, job: _Job, body: Any) -> Generator[Any, None, Any]:
+    def _steps(self, body: Any) -> Generator[Any, None, Any]:
         """Load the model if needed (download progress included), then run ``body``; a GPU
         failure falls back to the CPU as in the 2D path."""
         widget = self.widget
@@ -138,7 +138,7 @@ class StackRunner:
         settings = self._settings(job)
         self.stop()
         with widget._model_lock:
-            results = drive(self._steps(job, self._propagation_body(job, objects, settings)))
+            results = drive(self._steps(self._propagation_body(job, objects, settings)))
         return self._write(results)
 
     # ------------------------------------------------------------------ UI runs
@@ -154,7 +154,7 @@ class StackRunner:
             return
         self.stop()
         body = self._propagation_body(job, objects, settings)
-        self._run("propagate", self._steps(job, body), job.n_planes - 1)
+        self._run("propagate", self._steps(body), job.n_planes - 1)
 
     def start_precompute(self, *_: Any) -> None:
         """Embed the planes nearest the current one in the background (resumable)."""
@@ -172,7 +172,7 @@ class StackRunner:
             return precompute_steps(job.request, job.axis, job.n_planes, predictor, cache)
 
         total = min(job.n_planes, max(1, cache.max_entries))
-        self._run("precompute", self._steps(job, body), total)
+        self._run("precompute", self._steps(body), total)
 
     def _run(self, kind: str, steps: Generator[Any, None, Any], total: int) -> None:
         widget = self.widget

@@ -34,6 +34,7 @@ from napari_mobilesam.embedding_cache import EmbeddingCache
 from napari_mobilesam.labels_writer import LabelsError, WriteReport, check_target, write_masks
 from napari_mobilesam.layer_prompts import PlanePrompts, PromptGroup, read_plane_prompts
 from napari_mobilesam.plane import PlaneRef, current_plane, full_resolution_data
+from napari_mobilesam.propagation import drive
 
 
 class PredictorLike(Protocol):
@@ -310,15 +311,6 @@ def run_request(
         )
         yield Progress("decoded", seconds)
     return result
-
-
-def drive(generator: Generator[Progress, None, SegmentResult]) -> SegmentResult:
-    """Run a :func:`run_request` generator to the end in this thread; return its result."""
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 def segment_from_layers(

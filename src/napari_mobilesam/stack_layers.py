@@ -76,7 +76,8 @@ def stop_planes(
     return frozenset(planes)
 
 
-def planes_in_layer(plane: PlaneRef, axis: int, image: Image) -> int:
+def planes_in_layer(axis: int, image: Image) -> int:
+    """Length of the image along data axis ``axis``."""
     from napari_mobilesam.plane import spatial_shape
 
     return int(spatial_shape(image)[axis])
@@ -180,5 +181,5 @@ def propagate_from_layers(
     markers = stop_planes(points, image, request.plane, axis, viewer_or_dims)
     if markers:
         settings = dataclasses.replace(settings, stop_planes=settings.stop_planes | markers)
-    n_planes = planes_in_layer(request.plane, axis, image)
+    n_planes = planes_in_layer(axis, image)
     return drive(propagation_steps(request, objects, axis, n_planes, predictor, cache, settings))
