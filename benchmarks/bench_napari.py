@@ -149,8 +149,8 @@ class ClickBench:
     def __init__(self, checkpoint: Path | None) -> None:
         import napari
 
-        from napari_mobilesam._sample_data import make_nuclei_stack
-        from napari_mobilesam.embedding_cache import EmbeddingCache
+        from napari_mobilesam.engine.embedding_cache import EmbeddingCache
+        from napari_mobilesam.layers.sample_data import make_nuclei_stack
 
         self.checkpoint = checkpoint
         self.viewer = napari.Viewer(show=True, title="napari-mobilesam benchmark")
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from qtpy import API_NAME, QT_VERSION
 
-    from napari_mobilesam._widget import DEBOUNCE_MS
+    from napari_mobilesam.widget.dock_widget import DEBOUNCE_MS
 
     meta: dict[str, Any] = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

@@ -31,7 +31,7 @@ def main() -> None:
 
     import napari
 
-    from napari_mobilesam._sample_data import make_nuclei_stack
+    from napari_mobilesam.layers.sample_data import make_nuclei_stack
 
     viewer = napari.Viewer(title="napari-mobilesam")
     viewer.window.resize(1400, 900)

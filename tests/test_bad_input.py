@@ -37,24 +37,24 @@ from napari.components import ViewerModel
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.key_bindings import coerce_keybinding
 
-from fake_predictor import FakePredictor
+from fakes import FakePredictor
 from napari_mobilesam import MobileSAM, SamPredictor, build_mobile_sam, to_uint8_rgb
-from napari_mobilesam.embedding_cache import EmbeddingCache
-from napari_mobilesam.image_conversion import NoContrastWarning
-from napari_mobilesam.labels_writer import LabelsError, create_aligned_labels
-from napari_mobilesam.layer_prompts import PlanePrompts
-from napari_mobilesam.plane import PlaneError, PlaneRef
-from napari_mobilesam.predictor_loader import PredictorLoader
-from napari_mobilesam.propagation import PropagationSettings, Seed, drive, propagate
-from napari_mobilesam.segment import (
+from napari_mobilesam.engine.embedding_cache import EmbeddingCache
+from napari_mobilesam.engine.image_conversion import NoContrastWarning
+from napari_mobilesam.engine.predictor_loader import PredictorLoader
+from napari_mobilesam.engine.propagation import PropagationSettings, Seed, drive, propagate
+from napari_mobilesam.engine.stack import StackEmbeddings, segment_stack
+from napari_mobilesam.layers.labels_writer import LabelsError, create_aligned_labels
+from napari_mobilesam.layers.layer_prompts import PlanePrompts
+from napari_mobilesam.layers.plane import PlaneError, PlaneRef
+from napari_mobilesam.layers.segment import (
     SegmentRequest,
     capture_request,
     commit_objects,
     ensure_embedding,
     segment_from_layers,
 )
-from napari_mobilesam.stack import StackEmbeddings, segment_stack
-from napari_mobilesam.worker_steps import DeviceFallbackWarning, model_steps
+from napari_mobilesam.widget.worker_steps import DeviceFallbackWarning, model_steps
 
 OUTCOMES = ("error", "warning+result", "no-op", "ok")
 WORKER_TIMEOUT_MS = 30_000
@@ -156,8 +156,8 @@ def env() -> SimpleNamespace:
     model = build_mobile_sam(None, device="cpu")
     embedding = torch.randn(1, 256, 64, 64)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("napari_mobilesam.build.build_mobile_sam", lambda *a, **k: model)
-        mp.setattr("napari_mobilesam.weights.resolve_weights", lambda path, **k: path)
+        mp.setattr("napari_mobilesam.model.build.build_mobile_sam", lambda *a, **k: model)
+        mp.setattr("napari_mobilesam.engine.weights.resolve_weights", lambda path, **k: path)
         sam = MobileSAM("unused.pt")
     sam.predictor = EmbeddingStub(model, embedding)
     return SimpleNamespace(
@@ -1089,13 +1089,20 @@ class FailingOnGpu(FakePredictor):
 
 def pretend_cuda(monkeypatch: pytest.MonkeyPatch, cpu_predictor: Any) -> None:
     """CUDA 'available'; building a CPU predictor gives ``cpu_predictor`` (no weights needed)."""
-    import napari_mobilesam
-    import napari_mobilesam.weights
+    import napari_mobilesam.engine.predictor
+    import napari_mobilesam.engine.weights
+    import napari_mobilesam.model.build
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(napari_mobilesam, "build_mobile_sam", lambda path, device: device)
-    monkeypatch.setattr(napari_mobilesam, "SamPredictor", lambda model: cpu_predictor)
-    monkeypatch.setattr(napari_mobilesam.weights, "resolve_weights", lambda p, **k: Path("w.pt"))
+    monkeypatch.setattr(
+        napari_mobilesam.model.build, "build_mobile_sam", lambda path, device: device
+    )
+    monkeypatch.setattr(
+        napari_mobilesam.engine.predictor, "SamPredictor", lambda model: cpu_predictor
+    )
+    monkeypatch.setattr(
+        napari_mobilesam.engine.weights, "resolve_weights", lambda p, **k: Path("w.pt")
+    )
 
 
 @headless(
@@ -1318,7 +1325,7 @@ def widget_commit_refused(
         w.widget.set_labels_layer(target)
         w.points.add([[10, 10]])
         shown: list[str] = []
-        w.monkeypatch.setattr("napari_mobilesam._widget.show_warning", shown.append)
+        w.monkeypatch.setattr("napari_mobilesam.widget.dock_widget.show_warning", shown.append)
         with unchanged(target):
             press(w.viewer, "k")  # the K key: a notification, no traceback
             with pytest.raises(LabelsError, match=says):
@@ -1527,7 +1534,7 @@ def _(ctx: Any) -> None:
     w = ctx.dock(PLANE, predictor=FailingOnGpu())
     w.widget.use_predictor(w.predictor, None, "cuda")
     shown: list[str] = []
-    w.monkeypatch.setattr("napari_mobilesam._widget.show_warning", shown.append)
+    w.monkeypatch.setattr("napari_mobilesam.widget.dock_widget.show_warning", shown.append)
     with unchanged(w.labels):
         w.points.add([[10, 10]])
         w.qtbot.waitUntil(lambda: len(w.widget.objects) == 1, timeout=WORKER_TIMEOUT_MS)

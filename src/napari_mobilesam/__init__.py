@@ -1,11 +1,19 @@
 """napari-mobilesam: interactive MobileSAM segmentation for napari, and a headless Python API.
 
-Entry points (imported lazily, so loading the napari manifest does not import torch):
+The public API is importable from here, lazily (loading the napari manifest does not import
+torch, and the headless names do not import napari):
 
 - :func:`build_mobile_sam` builds the model and loads ``mobile_sam.pt``;
 - :class:`SamPredictor` is segment-anything's predictor interface;
 - :class:`MobileSAM` is the one-call interface ``MobileSAM(weights).predict(image, points=...)``;
-- :func:`to_uint8_rgb` is the rule that turns any image into the uint8 RGB the model takes.
+- :func:`to_uint8_rgb` is the rule that turns any image into the uint8 RGB the model takes;
+- stacks: :class:`EmbeddingCache`, :class:`DiskEmbeddingCache`, :func:`precompute_stack`,
+  :func:`segment_stack`; napari layers: :func:`segment_from_layers`, :func:`commit_objects`,
+  :func:`create_aligned_labels`.
+
+The package is layered (see ``docs/architecture.md``): ``model`` (pure torch) <- ``engine``
+(numpy + torch, no napari) <- ``layers`` (napari layers, no widgets) <- ``widget`` (Qt). Modules
+inside the package never import this file.
 """
 
 from __future__ import annotations
@@ -15,32 +23,72 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# name -> module (below the package) that defines it
 _LAZY = {
-    "build_mobile_sam": "build",
-    "CheckpointError": "build",
-    "SamPredictor": "predictor",
-    "ResizeLongestSide": "transforms",
-    "MobileSAM": "segmenter",
-    "Results": "segmenter",
-    "to_uint8_rgb": "image_conversion",
+    "build_mobile_sam": "model.build",
+    "CheckpointError": "model.checkpoint",
+    "SamPredictor": "engine.predictor",
+    "ResizeLongestSide": "engine.transforms",
+    "MobileSAM": "engine.mobile_sam",
+    "Results": "engine.mobile_sam",
+    "to_uint8_rgb": "engine.image_conversion",
+    "EmbeddingCache": "engine.embedding_cache",
+    "DiskEmbeddingCache": "engine.disk_cache",
+    "default_cache_folder": "engine.disk_cache",
+    "model_fingerprint": "engine.disk_cache",
+    "StackEmbeddings": "engine.stack",
+    "precompute_stack": "engine.stack",
+    "segment_stack": "engine.stack",
+    "PropagationSettings": "engine.propagation",
+    "resolve_weights": "engine.weights",
+    "segment_from_layers": "layers.segment",
+    "commit_objects": "layers.segment",
+    "create_aligned_labels": "layers.labels_writer",
+    "make_nuclei_stack": "layers.sample_data",
 }
 
 __all__ = [
+    "build_mobile_sam",
     "CheckpointError",
+    "commit_objects",
+    "create_aligned_labels",
+    "default_cache_folder",
+    "make_nuclei_stack",
+    "DiskEmbeddingCache",
+    "EmbeddingCache",
     "MobileSAM",
+    "model_fingerprint",
+    "precompute_stack",
+    "PropagationSettings",
     "ResizeLongestSide",
+    "resolve_weights",
     "Results",
     "SamPredictor",
-    "build_mobile_sam",
+    "segment_from_layers",
+    "segment_stack",
+    "StackEmbeddings",
     "to_uint8_rgb",
 ]
 
 if TYPE_CHECKING:
-    from .build import CheckpointError, build_mobile_sam
-    from .image_conversion import to_uint8_rgb
-    from .predictor import SamPredictor
-    from .segmenter import MobileSAM, Results
-    from .transforms import ResizeLongestSide
+    from napari_mobilesam.engine.disk_cache import (
+        DiskEmbeddingCache,
+        default_cache_folder,
+        model_fingerprint,
+    )
+    from napari_mobilesam.engine.embedding_cache import EmbeddingCache
+    from napari_mobilesam.engine.image_conversion import to_uint8_rgb
+    from napari_mobilesam.engine.mobile_sam import MobileSAM, Results
+    from napari_mobilesam.engine.predictor import SamPredictor
+    from napari_mobilesam.engine.propagation import PropagationSettings
+    from napari_mobilesam.engine.stack import StackEmbeddings, precompute_stack, segment_stack
+    from napari_mobilesam.engine.transforms import ResizeLongestSide
+    from napari_mobilesam.engine.weights import resolve_weights
+    from napari_mobilesam.layers.labels_writer import create_aligned_labels
+    from napari_mobilesam.layers.sample_data import make_nuclei_stack
+    from napari_mobilesam.layers.segment import commit_objects, segment_from_layers
+    from napari_mobilesam.model.build import build_mobile_sam
+    from napari_mobilesam.model.checkpoint import CheckpointError
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,180 @@
+"""Write segmented masks into a napari Labels layer, with undo and protection of existing labels.
+
+Writes go through ``Labels.data_setitem`` inside ``Labels.block_history()``, so one commit of any
+number of objects is one undo step and ``labels.undo()`` restores the previous values exactly.
+Writing to ``labels.data`` directly would bypass the undo history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from napari.layers import Labels, Layer
+
+from napari_mobilesam.layers.plane import PlaneRef, spatial_shape
+
+DEFAULT_LABELS_DTYPE = np.uint32
+
+
+class LabelsError(ValueError):
+    """The Labels layer cannot take the masks (wrong dtype or shape, misaligned, full)."""
+
+
+@dataclass
+class WriteReport:
+    """What one commit did.
+
+    Attributes:
+        ids: the label id given to each written object, in order.
+        written: pixels set per written object.
+        protected: pixels per written object that were left alone because they held a label.
+        skipped: objects that wrote nothing (empty mask, or every pixel protected).
+        protected_in_skipped: pixels left alone in the skipped objects.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    written: list[int] = field(default_factory=list)
+    protected: list[int] = field(default_factory=list)
+    skipped: int = 0
+    protected_in_skipped: int = 0
+
+    @property
+    def protected_total(self) -> int:
+        """Pixels left alone across all objects, including the skipped ones."""
+        return sum(self.protected) + self.protected_in_skipped
+
+
+def placement_kwargs(layer: Layer) -> dict[str, object]:
+    """A layer's scale, translate, rotate, shear and affine: what puts its pixels in the world."""
+    return {
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine,
+    }
+
+
+def create_aligned_labels(
+    image: Layer, name: str | None = None, dtype: np.dtype | type = DEFAULT_LABELS_DTYPE
+) -> Labels:
+    """A zero-filled Labels layer with the image's spatial shape and transforms (not added).
+
+    ``uint32`` holds about four billion ids, so committing never runs out in practice.
+    """
+    data = np.zeros(spatial_shape(image), dtype=dtype)
+    return Labels(data, name=name or f"{image.name} labels", **placement_kwargs(image))
+
+
+def _same_placement(a: Layer, b: Layer) -> bool:
+    """Whether data index i of ``a`` and of ``b`` land on the same world position."""
+    if a.ndim != b.ndim:
+        return False
+    probes = np.vstack([np.zeros(a.ndim), np.eye(a.ndim)])
+    return all(np.allclose(a.data_to_world(p), b.data_to_world(p), atol=1e-6) for p in probes)
+
+
+def check_target(labels: Labels, image: Layer) -> None:
+    """Raise :class:`LabelsError` unless masks of ``image`` planes can be written to ``labels``."""
+    if getattr(labels, "multiscale", False):
+        raise LabelsError(f"Labels layer '{labels.name}' is multiscale; choose a single-scale one.")
+    if not isinstance(labels.data, np.ndarray):
+        raise LabelsError(
+            f"Labels layer '{labels.name}' holds {type(labels.data).__name__} data; "
+            "writing needs an in-memory numpy array (use np.asarray on the data)."
+        )
+    dtype = labels.data.dtype
+    if not np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        raise LabelsError(
+            f"Labels layer '{labels.name}' has dtype {dtype}; label ids need an integer dtype."
+        )
+    image_shape = spatial_shape(image)
+    if tuple(labels.data.shape) != image_shape:
+        raise LabelsError(
+            f"Labels layer '{labels.name}' has shape {tuple(labels.data.shape)} but image "
+            f"'{image.name}' has {image_shape}; choose a matching layer or create a new one."
+        )
+    if not _same_placement(labels, image):
+        raise LabelsError(
+            f"Labels layer '{labels.name}' has other scale/translate/rotation than image "
+            f"'{image.name}'; its pixels do not line up with the image's."
+        )
+
+
+def next_label_id(labels: Labels) -> int:
+    """``max + 1`` of the layer's data (1 for an empty layer).
+
+    Raises:
+        LabelsError: when that id does not fit the layer's dtype.
+    """
+    data = np.asarray(labels.data)
+    candidate = int(data.max()) + 1 if data.size else 1
+    candidate = max(candidate, 1)
+    _check_fits(labels, candidate)
+    return candidate
+
+
+def _check_fits(labels: Labels, label_id: int) -> None:
+    limit = int(np.iinfo(labels.data.dtype).max)
+    if label_id > limit:
+        raise LabelsError(
+            f"Labels layer '{labels.name}' is full: dtype {labels.data.dtype} holds ids up to "
+            f"{limit}. Convert it to uint32 (layer.data = layer.data.astype('uint32'))."
+        )
+
+
+def write_masks(
+    labels: Labels, masks: Sequence[tuple[PlaneRef, np.ndarray]], protect: bool = True
+) -> WriteReport:
+    """Write each mask with a new id (``max + 1``, then counting up), as one undo step.
+
+    Args:
+        labels: the target layer, already checked with :func:`check_target`.
+        masks: ``(plane, mask)`` pairs; ``mask`` is (H, W) bool in the plane's screen order.
+        protect: when true, only pixels that are 0 are written, so committed objects and other
+            labels are never overwritten; an object overlapping an earlier one of the same commit
+            keeps the earlier one's pixels too.
+    """
+    return write_objects(labels, [{plane: mask} for plane, mask in masks], protect)
+
+
+def write_objects(
+    labels: Labels, objects: Sequence[Mapping[PlaneRef, np.ndarray]], protect: bool = True
+) -> WriteReport:
+    """Write objects that may span several planes: one new id per object, one undo step.
+
+    Args:
+        labels: the target layer, already checked with :func:`check_target`.
+        objects: per object, its (H, W) bool masks by plane (e.g. a propagated 3D object).
+        protect: as in :func:`write_masks`.
+    """
+    report = WriteReport()
+    if not objects:
+        return report
+    label_id = next_label_id(labels)
+    # Check the last id before writing anything, so a full layer never gets half a commit.
+    _check_fits(labels, label_id + len(objects) - 1)
+    with labels.block_history():
+        for obj in objects:
+            written = protected = 0
+            for plane, mask in obj.items():
+                indices = plane.mask_indices(np.asarray(mask, dtype=bool))
+                if protect:
+                    free = labels.data[indices] == 0
+                    protected += int(np.count_nonzero(~free))
+                    indices = tuple(axis[free] for axis in indices)
+                if indices[0].size:
+                    labels.data_setitem(indices, label_id, refresh=False)
+                    written += int(indices[0].size)
+            if written == 0:
+                report.skipped += 1
+                report.protected_in_skipped += protected
+                continue
+            report.ids.append(label_id)
+            report.written.append(written)
+            report.protected.append(protected)
+            label_id += 1
+    labels.refresh()
+    return report

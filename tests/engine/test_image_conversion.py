@@ -1,0 +1,97 @@
+"""The rule that turns any 2D image into uint8 RGB."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_mobilesam import to_uint8_rgb
+from napari_mobilesam.engine.image_conversion import NoContrastWarning
+
+
+def test_uint8_rgb_passes_through_unchanged():
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    out = to_uint8_rgb(img)
+    assert out.dtype == np.uint8 and np.array_equal(out, img)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (4, 6, 1)])
+def test_grayscale_is_copied_to_three_channels(shape):
+    img = np.arange(24, dtype=np.uint8).reshape(shape)
+    out = to_uint8_rgb(img)
+    assert out.shape == (4, 6, 3)
+    for c in range(3):
+        assert np.array_equal(out[..., c], img.reshape(4, 6))
+
+
+def test_rgba_drops_alpha():
+    img = np.zeros((2, 2, 4), dtype=np.uint8)
+    img[..., 0], img[..., 3] = 10, 200
+    out = to_uint8_rgb(img)
+    assert out.shape == (2, 2, 3) and (out[..., 0] == 10).all() and (out[..., 1:] == 0).all()
+
+
+def test_two_channels_become_red_and_green():
+    img = np.stack([np.full((3, 3), 5), np.full((3, 3), 9)], axis=-1).astype(np.uint8)
+    out = to_uint8_rgb(img, rgb=True)
+    assert out[0, 0].tolist() == [5, 9, 0]
+
+
+def test_uint16_uses_robust_percentiles():
+    img = np.linspace(0, 1000, 10_000).reshape(100, 100).astype(np.uint16)
+    img[0, 0] = 65535  # a hot pixel must not squash the rest
+    out = to_uint8_rgb(img)
+    lo, hi = np.percentile(img, (0.1, 99.9))
+    mid = img[50, 50]
+    assert out[50, 50, 0] == int(np.clip((mid - lo) * 255 / (hi - lo) + 0.5, 0, 255))
+    assert out[0, 0, 0] == 255 and out[..., 0].min() == 0
+
+
+def test_contrast_limits_are_applied():
+    img = np.array([[0.0, 0.5, 1.0, 2.0]], dtype=np.float32)
+    out = to_uint8_rgb(img, contrast_limits=(0.0, 1.0))
+    assert out[0, :, 0].tolist() == [0, 128, 255, 255]
+
+
+def test_contrast_limits_apply_to_uint8_too():
+    img = np.array([[0, 100, 200]], dtype=np.uint8)
+    out = to_uint8_rgb(img, contrast_limits=(100, 200))
+    assert out[0, :, 0].tolist() == [0, 0, 255]
+
+
+def test_bool_becomes_0_and_255():
+    out = to_uint8_rgb(np.array([[True, False]]))
+    assert out[0, :, 0].tolist() == [255, 0]
+
+
+def test_non_finite_values_become_zero():
+    img = np.array([[np.nan, np.inf, -np.inf, 0.0, 1.0]], dtype=np.float64)
+    out = to_uint8_rgb(img)
+    assert out[0, :3, 0].tolist() == [0, 0, 0] and out[0, 4, 0] == 255
+
+
+@pytest.mark.parametrize("value", [0.0, 7.0, np.nan])
+def test_constant_and_all_nan_images_become_zero(value):
+    with pytest.warns(NoContrastWarning, match="model sees a black image"):
+        out = to_uint8_rgb(np.full((3, 3), value, dtype=np.float32))
+    assert out.shape == (3, 3, 3) and not out.any()
+
+
+def test_signed_integers():
+    img = np.array([[-100, 0, 100]], dtype=np.int16)
+    out = to_uint8_rgb(img, contrast_limits=(-100, 100))
+    assert out[0, :, 0].tolist() == [0, 128, 255]
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [((0, 5), "empty"), ((2, 3, 4, 5), "Expected a 2D image"), ((4, 4, 7), "Expected a 2D")],
+)
+def test_bad_shapes_are_explained(shape, message):
+    with pytest.raises(ValueError, match=message):
+        to_uint8_rgb(np.zeros(shape, dtype=np.uint8))
+
+
+def test_non_numeric_dtype():
+    with pytest.raises(ValueError, match="Unsupported image dtype"):
+        to_uint8_rgb(np.array([["a", "b"]]))

@@ -1,0 +1,136 @@
+"""The package's folders are its layers: model <- engine <- layers <- widget.
+
+Each layer imports only the layers below it (and itself); nothing inside the package imports the
+package ``__init__``; the module import graph has no cycle; the model and the engine run without
+napari or Qt.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "napari_mobilesam"
+SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
+LAYERS = ("model", "engine", "layers", "widget")  # bottom to top
+GUI_ROOTS = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt"}
+QT_ROOTS = GUI_ROOTS - {"napari"}
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package."""
+    found = {}
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def _imports(name: str, path: Path) -> list[str]:
+    """Every module ``name`` imports (also inside functions and ``TYPE_CHECKING``), absolute."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            out.append(target)
+            # ``from pkg import module`` imports a module too.
+            out += [f"{target}.{alias.name}" for alias in node.names]
+    return out
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != PACKAGE or len(parts) < 2 or parts[1] not in LAYERS:
+        return None
+    return LAYERS.index(parts[1])
+
+
+MODULES = _modules()
+
+
+def test_every_module_sits_in_a_layer() -> None:
+    loose = [m for m in MODULES if m != PACKAGE and _layer(m) is None]
+    assert loose == [], f"modules outside model/engine/layers/widget: {loose}"
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if _layer(m) is not None])
+def test_imports_go_downward_only(module: str) -> None:
+    own = _layer(module)
+    problems = []
+    for target in _imports(module, MODULES[module]):
+        root = target.split(".")[0]
+        if target == PACKAGE:
+            problems.append("imports the package __init__ (import from the defining module)")
+        elif root == PACKAGE:
+            layer = _layer(target)
+            if layer is not None and layer > own:
+                problems.append(f"imports {target} from a higher layer")
+        elif root in GUI_ROOTS and own <= LAYERS.index("engine"):
+            problems.append(f"imports {target}: the model and the engine have no napari or Qt")
+        elif root in QT_ROOTS and own == LAYERS.index("layers"):
+            problems.append(f"imports {target}: the napari bridge has no widgets")
+    assert problems == [], f"{module}: " + "; ".join(problems)
+
+
+def test_no_import_cycles() -> None:
+    graph = {
+        m: {t for t in _imports(m, p) if t in MODULES and t != m and t != PACKAGE}
+        for m, p in MODULES.items()
+    }
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            cycle = trail[trail.index(node) :] + [node]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if node in done:
+            return
+        for nxt in sorted(graph[node]):
+            visit(nxt, trail + [node])
+        done.add(node)
+
+    for module in sorted(graph):
+        visit(module, [])
+
+
+def test_model_and_engine_import_without_napari_or_qt() -> None:
+    """In a fresh process, importing every model and engine module loads no GUI package."""
+    names = [m for m in MODULES if _layer(m) in (0, 1)]
+    code = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(GUI_ROOTS)!r})))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]", f"GUI packages imported by the model/engine: {out}"
+
+
+def test_weights_resolution_imports_no_torch() -> None:
+    """The widget names the weights before torch is loaded (torch takes seconds to import)."""
+    code = (
+        "import sys\n"
+        "import napari_mobilesam.engine.weights, napari_mobilesam.model.checkpoint\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
