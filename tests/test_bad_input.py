@@ -894,6 +894,21 @@ commit_error_row(
 )
 
 
+@headless(
+    "commit-half-fits",
+    "two objects, the second segmented on a larger image (used to write the first, then fail)",
+    "error",
+)
+def _(ctx: SimpleNamespace) -> None:
+    s, big = scene(), scene((2 * H, 2 * W))
+    first, _ = segment_scene(s, points=points_layer([[10, 10]]))
+    second, _ = segment_scene(big, points=points_layer([[80, 100]]))
+    with unchanged(s.labels), pytest.raises(LabelsError, match="Object 2 of 2 does not fit"):
+        commit_objects(s.labels, first + second, image_layer=s.image)
+    s.labels.undo()  # nothing half-written sits in the undo history either
+    assert (s.labels.data[:4, :4] == 7).all() and set(np.unique(s.labels.data)) == {0, 7}
+
+
 @headless("commit-nothing", "commit_objects(labels, [])", "no-op")
 def _(ctx: SimpleNamespace) -> None:
     s = scene()

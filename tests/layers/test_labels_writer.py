@@ -15,6 +15,7 @@ from napari_mobilesam.layers.labels_writer import (
     create_aligned_labels,
     next_label_id,
     write_masks,
+    write_objects,
 )
 from napari_mobilesam.layers.plane import PlaneRef, current_plane
 
@@ -124,7 +125,8 @@ def test_overlapping_objects_in_one_commit_keep_the_first(scene) -> None:
     report = write_masks(labels, masks)
 
     assert report.ids == [1, 2]
-    assert report.protected == [0, 4]
+    assert report.protected == [0, 0]  # the overlap held no label before this commit
+    assert report.overlapped == 4
     assert labels.data[0, 3, 3] == 1
 
 
@@ -188,3 +190,42 @@ def test_lazy_labels_data_is_rejected() -> None:
     labels = SimpleNamespace(name="z", multiscale=False, data=[[0] * 6] * 6)
     with pytest.raises(LabelsError, match="numpy"):
         check_target(labels, image)
+
+
+@pytest.mark.parametrize(
+    ("bad_plane", "bad_mask"),
+    [
+        (PlaneRef("other", (2, None, None), (1, 2), (20, 24)), np.ones((20, 24), bool)),  # bigger
+        (PlaneRef("x", (9, None, None), (1, 2), (10, 12)), np.ones((10, 12), bool)),  # slice 9
+        (PlaneRef("x", (None, None), (0, 1), (10, 12)), np.ones((10, 12), bool)),  # 2D on 3D
+        (PlaneRef("x", (1, None, None), (1, 2), (10, 12)), np.ones((5, 5), bool)),  # mask shape
+    ],
+    ids=["other-image", "slice-outside", "fewer-axes", "mask-shape"],
+)
+def test_a_failed_commit_writes_nothing(scene, bad_plane: PlaneRef, bad_mask) -> None:
+    """The last object does not fit: the first ones must not be written, and undo is untouched
+    (the error used to come from numpy after the first object was written)."""
+    viewer, image, labels = scene
+    labels.data[0, 0, 0] = 7
+    good = _plane_3d(viewer, image, 1)
+    before = labels.data.copy()
+    objects = [{good: _square((10, 12), 0, 0, 4)}, {good: _square((10, 12), 5, 5, 3)}]
+    objects.append({good: _square((10, 12), 8, 8, 2), bad_plane: bad_mask})  # a 3D object
+    with pytest.raises(LabelsError, match=r"Object 3 of 3 does not fit .* Nothing was written"):
+        write_objects(labels, objects)
+    np.testing.assert_array_equal(labels.data, before)
+    labels.undo()  # no commit to undo: the layer keeps the label set before
+    np.testing.assert_array_equal(labels.data, before)
+    # The next good commit is one undo step of its own.
+    assert write_objects(labels, objects[:2]).ids == [8, 9]
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_read_only_labels_are_refused_before_writing(scene) -> None:
+    viewer, image, labels = scene
+    plane = _plane_3d(viewer, image, 0)
+    labels.data.flags.writeable = False
+    with pytest.raises(LabelsError, match="read-only; give it a writable copy"):
+        write_masks(labels, [(plane, _square((10, 12), 0, 0, 2))])
+    assert not labels.data.any()

@@ -29,9 +29,12 @@ class WriteReport:
     Attributes:
         ids: the label id given to each written object, in order.
         written: pixels set per written object.
-        protected: pixels per written object that were left alone because they held a label.
+        protected: pixels per written object that were left alone because they held a label
+            before this commit.
         skipped: objects that wrote nothing (empty mask, or every pixel protected).
         protected_in_skipped: pixels left alone in the skipped objects.
+        overlapped: pixels left alone, over all objects, because an earlier object of this same
+            commit had taken them (not counted as protected: they held no label before).
     """
 
     ids: list[int] = field(default_factory=list)
@@ -39,6 +42,7 @@ class WriteReport:
     protected: list[int] = field(default_factory=list)
     skipped: int = 0
     protected_in_skipped: int = 0
+    overlapped: int = 0
 
     @property
     def protected_total(self) -> int:
@@ -140,6 +144,65 @@ def write_masks(
     return write_objects(labels, [{plane: mask} for plane, mask in masks], protect)
 
 
+def _plane_fits(plane: PlaneRef, mask_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a mask of ``mask_shape`` on ``plane`` lies inside data of ``shape``."""
+    if len(plane.slice_index) != len(shape) or mask_shape != tuple(plane.shape):
+        return False
+    shown = [axis for axis, index in enumerate(plane.slice_index) if index is None]
+    if shown != sorted(plane.displayed):
+        return False
+    sizes = tuple(shape[axis] for axis in plane.displayed)
+    return sizes == tuple(plane.shape) and all(
+        0 <= index < size
+        for index, size in zip(plane.slice_index, shape, strict=True)
+        if index is not None
+    )
+
+
+def _planned_writes(
+    labels: Labels, objects: Sequence[Mapping[PlaneRef, np.ndarray]]
+) -> list[list[tuple[np.ndarray, ...]]]:
+    """Per object, the data indices of each of its masks; raises before anything is written.
+
+    Raises:
+        LabelsError: when the layer cannot be written (not an integer numpy array, read-only)
+            or any mask of any object does not lie inside it (another layer's planes, a mask
+            of the wrong shape, a slice outside the layer).
+    """
+    data = labels.data
+    if not isinstance(data, np.ndarray):
+        raise LabelsError(
+            f"Labels layer '{labels.name}' holds {type(data).__name__} data; writing needs an "
+            "in-memory numpy array (use np.asarray on the data)."
+        )
+    if data.dtype.kind not in "iu":
+        raise LabelsError(
+            f"Labels layer '{labels.name}' has dtype {data.dtype}; label ids need an integer dtype."
+        )
+    if not data.flags.writeable:
+        raise LabelsError(
+            f"Labels layer '{labels.name}' is read-only; give it a writable copy "
+            "(layer.data = layer.data.copy())."
+        )
+    shape = data.shape
+    planned: list[list[tuple[np.ndarray, ...]]] = []
+    for number, obj in enumerate(objects):
+        writes = []
+        for plane, mask in obj.items():
+            mask = np.asarray(mask)
+            if not _plane_fits(plane, mask.shape, shape):
+                raise LabelsError(
+                    f"Object {number + 1} of {len(objects)} does not fit Labels layer "
+                    f"'{labels.name}' of shape {shape}: its {mask.shape} mask is for a "
+                    f"{tuple(plane.shape)} plane at slice {plane.slice_index}. Nothing was "
+                    "written; commit objects of the image this layer was made for "
+                    "(create_aligned_labels(image))."
+                )
+            writes.append(plane.mask_indices(mask.astype(bool, copy=False)))
+        planned.append(writes)
+    return planned
+
+
 def write_objects(
     labels: Labels, objects: Sequence[Mapping[PlaneRef, np.ndarray]], protect: bool = True
 ) -> WriteReport:
@@ -153,17 +216,23 @@ def write_objects(
     report = WriteReport()
     if not objects:
         return report
-    label_id = next_label_id(labels)
-    # Check the last id before writing anything, so a full layer never gets half a commit.
+    # Everything is checked before the first write: a failed commit writes nothing (a write
+    # that fails halfway would leave part of the commit in the layer and outside undo).
+    planned = _planned_writes(labels, objects)
+    label_id = first_id = next_label_id(labels)
     _check_fits(labels, label_id + len(objects) - 1)
     with labels.block_history():
-        for obj in objects:
+        for obj in planned:
             written = protected = 0
-            for plane, mask in obj.items():
-                indices = plane.mask_indices(np.asarray(mask, dtype=bool))
+            for indices in obj:
                 if protect:
-                    free = labels.data[indices] == 0
-                    protected += int(np.count_nonzero(~free))
+                    values = labels.data[indices]
+                    free = values == 0
+                    # Ids from first_id up were given by this commit: such pixels overlap an
+                    # earlier object of it; they held no label before.
+                    ours = int(np.count_nonzero(values >= first_id))
+                    report.overlapped += ours
+                    protected += int(np.count_nonzero(~free)) - ours
                     indices = tuple(axis[free] for axis in indices)
                 if indices[0].size:
                     labels.data_setitem(indices, label_id, refresh=False)
