@@ -177,3 +177,31 @@ def test_rgb_plane_reaches_the_model_as_rgb() -> None:
 
     np.testing.assert_array_equal(predictor.encoded[0], data[1])
     assert objects[0].mask.shape == (12, 16)
+
+
+def test_an_unwritable_disk_cache_warns_once_and_clicks_go_on(scene, tmp_path) -> None:
+    """ "Keep embeddings on disk" with a folder that is a file: every click still segments."""
+    import torch
+
+    from napari_mobilesam.engine.disk_cache import DiskCacheWarning
+
+    class TorchPredictor(FakePredictor):
+        model = torch.nn.Linear(2, 2)  # what the disk cache fingerprints
+
+        def get_image_embedding(self) -> torch.Tensor:
+            return torch.zeros(1, 256, 64, 64)
+
+    viewer, image, points, _ = scene
+    predictor, cache = TorchPredictor(), EmbeddingCache(max_bytes=0)  # nothing kept in memory
+    cache.disk_folder = tmp_path / "not-a-folder"
+    cache.disk_folder.write_text("a file")
+    _add_point(points, [1, 5, 5])
+    with pytest.warns(DiskCacheWarning, match="cannot be stored") as caught:
+        for _ in range(3):
+            objects = segment_from_layers(viewer, image, points, predictor=predictor, cache=cache)
+            assert len(objects) == 1
+    assert len([w for w in caught if w.category is DiskCacheWarning]) == 1
+    assert len(predictor.encoded) == 3
+    cache.disk_folder = tmp_path / "a-folder"  # a new setting: the disk cache works again
+    segment_from_layers(viewer, image, points, predictor=predictor, cache=cache)
+    assert len(list((tmp_path / "a-folder").rglob("*.npy"))) == 1

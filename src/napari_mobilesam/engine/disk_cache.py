@@ -12,11 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 EMBEDDING_SHAPE = (1, 256, 64, 64)
+
+
+class DiskCacheWarning(UserWarning):
+    """The disk cache cannot store embeddings; work goes on with the memory cache only."""
 
 
 def model_fingerprint(model) -> str:
@@ -56,6 +61,9 @@ class DiskEmbeddingCache:
         self.model_id = model_id
         self.hits = 0
         self.misses = 0
+        # Why storing failed (folder is a file, read-only, disk full), or None: the cache is
+        # optional, so after one failure it stops writing instead of failing every encode.
+        self.write_error: str | None = None
 
     def key(self, model_input: np.ndarray) -> str:
         """Key of the embedding of one (H, W, 3) uint8 plane."""
@@ -73,7 +81,7 @@ class DiskEmbeddingCache:
         path = self._path(key)
         try:
             value = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):
+        except (OSError, ValueError, EOFError):  # EOFError: an empty file
             self.misses += 1
             return None
         if value.shape != EMBEDDING_SHAPE or value.dtype != np.float32:
@@ -82,12 +90,34 @@ class DiskEmbeddingCache:
         self.hits += 1
         return value
 
-    def put(self, key: str, embedding: np.ndarray) -> None:
-        """Store an embedding atomically (temporary file, then rename)."""
+    def put(self, key: str, embedding: np.ndarray) -> bool:
+        """Store an embedding atomically (temporary file, then rename); True if it was stored.
+
+        A folder that cannot be written (it is a file, read-only, or the disk is full) gives one
+        :class:`DiskCacheWarning` and :attr:`write_error`; later calls store nothing, so the
+        caller goes on with the embedding it already has.
+        """
         embedding = np.asarray(embedding, dtype=np.float32)
         if embedding.shape != EMBEDDING_SHAPE:
             raise ValueError(f"embedding must be {EMBEDDING_SHAPE}, got {embedding.shape}.")
-        path = self._path(key)
+        if self.write_error is not None:
+            return False
+        try:
+            self._write(self._path(key), embedding)
+        except OSError as exc:
+            self.write_error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"Embeddings cannot be stored in the disk cache {self.folder} "
+                f"({self.write_error}); going on without it (embeddings stay in memory). "
+                "Free some space or choose a writable folder with $NAPARI_MOBILESAM_CACHE.",
+                DiskCacheWarning,
+                stacklevel=2,
+            )
+            return False
+        return True
+
+    @staticmethod
+    def _write(path: Path, embedding: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
@@ -99,4 +129,7 @@ class DiskEmbeddingCache:
             raise
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.folder.glob("*/*.npy")) if self.folder.is_dir() else 0
+        try:
+            return sum(1 for _ in self.folder.glob("*/*.npy")) if self.folder.is_dir() else 0
+        except OSError:  # an unreadable folder holds nothing usable
+            return 0

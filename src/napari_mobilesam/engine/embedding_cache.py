@@ -49,8 +49,8 @@ class EmbeddingCache:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
-        # Where embeddings also go on disk (None: memory only); see segment.ensure_embedding.
-        self.disk_folder: Any = None
+        self._disk_folder: Any = None
+        self._disk: Any = None
         self.hits = 0
         self.misses = 0
         self._entries: OrderedDict[CacheKey, tuple[Any, int]] = OrderedDict()
@@ -58,6 +58,31 @@ class EmbeddingCache:
         # The worker thread reads and fills the cache while the UI thread may invalidate it.
         self._lock = threading.RLock()
         self._epoch = 0
+
+    @property
+    def disk_folder(self) -> Any:
+        """Where embeddings also go on disk (None: memory only); see segment.ensure_embedding."""
+        return self._disk_folder
+
+    @disk_folder.setter
+    def disk_folder(self, folder: Any) -> None:
+        # A new setting starts a new store, so switching the disk cache off and on again
+        # retries a folder that failed before.
+        self._disk_folder = folder
+        self._disk = None
+
+    def disk_store(self, model_id: str) -> Any:
+        """The :class:`~.disk_cache.DiskEmbeddingCache` of :attr:`disk_folder` for one model
+        (None without a folder). The same store is returned on every call, so a folder that
+        cannot be written warns once, not on every plane."""
+        if self._disk_folder is None:
+            return None
+        from napari_mobilesam.engine.disk_cache import DiskEmbeddingCache
+
+        with self._lock:
+            if self._disk is None or self._disk.model_id != model_id:
+                self._disk = DiskEmbeddingCache(self._disk_folder, model_id)
+            return self._disk
 
     @property
     def epoch(self) -> int:

@@ -247,9 +247,10 @@ def _disk_store(cache: EmbeddingCache | None, predictor: PredictorLike) -> Any:
     model = getattr(predictor, "model", None)
     if cache is None or cache.disk_folder is None or model is None:
         return None
-    from napari_mobilesam.engine.disk_cache import DiskEmbeddingCache, model_fingerprint
+    from napari_mobilesam.engine.disk_cache import model_fingerprint
 
-    return DiskEmbeddingCache(cache.disk_folder, model_fingerprint(model))
+    # One store per folder and model, kept by the cache: a failing folder warns only once.
+    return cache.disk_store(model_fingerprint(model))
 
 
 def run_request(
