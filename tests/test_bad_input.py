@@ -322,6 +322,35 @@ predict_row(
     (ValueError, r"mask_input must be \(1, 256, 256\)"),
 )
 
+predict_row(
+    "predict-mask-input-nan",
+    "mask_input with a NaN logit (gave NaN scores and an empty mask)",
+    "error",
+    {"box": np.array([2, 2, 9, 9]), "mask_input": np.full((1, 256, 256), np.nan)},
+    (ValueError, r"mask_input contains NaN or infinite values; expected \(1, 256, 256\)"),
+)
+predict_row(
+    "predict-mask-input-beyond-float32",
+    "mask_input logits of 1e39 (finite, but infinite once float32)",
+    "error",
+    {"mask_input": np.full((1, 256, 256), 1e39)},
+    (ValueError, "mask_input has values beyond float32's range"),
+)
+predict_row(
+    "predict-points-ragged",
+    "point_coords=[[1, 2], [3]]",
+    "error",
+    {"point_coords": [[1, 2], [3]], "point_labels": [1, 1]},
+    (ValueError, r"point_coords is ragged .* expected \(N, 2\) \(x, y\) points"),
+)
+predict_row(
+    "predict-labels-fraction",
+    "point_labels=[0.5]",
+    "error",
+    {"point_coords": pts((3, 4)), "point_labels": [0.5]},
+    (ValueError, r"point_labels must be 1 \(foreground\) or 0 \(background\), got \[0.5\]"),
+)
+
 
 @headless("predict-before-image", "predict() before any set_image", "error")
 def _(ctx: SimpleNamespace) -> None:
@@ -622,6 +651,48 @@ mobilesam_row(
     "error",
     {"points": [[1, 2]], "labels": [3]},
     (ValueError, "labels must be 1"),
+)
+mobilesam_row(
+    "mobilesam-labels-fraction",
+    "labels=[[0.5]] (was truncated to 0, a background point)",
+    "error",
+    {"points": [[1, 2]], "labels": [[0.5]]},
+    (ValueError, r"labels must be 1 \(foreground\) or 0 \(background\), got \[0.5\]"),
+)
+mobilesam_row(
+    "mobilesam-points-ragged",
+    "points=[[1, 2], [3]]",
+    "error",
+    {"points": [[1, 2], [3]]},
+    (ValueError, r"points is ragged .* expected \[x, y\], \[\[x, y\], ...\]"),
+)
+mobilesam_row(
+    "mobilesam-groups-ragged",
+    "point groups of 2 and 1 points",
+    "error",
+    {"points": [[[1, 2], [3, 4]], [[5, 6]]]},
+    (ValueError, "points is ragged .* every group with the same number of points"),
+)
+mobilesam_row(
+    "mobilesam-labels-ragged",
+    "labels=[[1, 0], [1]] for two groups of two points",
+    "error",
+    {"points": [[[1, 2], [3, 4]], [[5, 6], [7, 8]]], "labels": [[1, 0], [1]]},
+    (ValueError, r"labels is ragged .* expected one entry per point: 4 for points of shape"),
+)
+mobilesam_row(
+    "mobilesam-bboxes-ragged",
+    "bboxes=[[0, 0, 9, 9], [1, 1, 8]]",
+    "error",
+    {"bboxes": [[0, 0, 9, 9], [1, 1, 8]]},
+    (ValueError, r"bboxes is ragged .* expected \[x0, y0, x1, y1\]"),
+)
+mobilesam_row(
+    "mobilesam-point-nan",
+    "points=[nan, 3]",
+    "error",
+    {"points": [np.nan, 3]},
+    (ValueError, "points contains NaN or infinite values"),
 )
 mobilesam_row(
     "mobilesam-point-far-outside",

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_mobilesam.engine.image_conversion import shrink_for_encoder, to_uint8_rgb
+from napari_mobilesam.engine.prompt_checks import as_float_array, check_labels
 
 
 @dataclass
@@ -61,6 +62,12 @@ def _load_image(source: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
     raise TypeError(f"source must be an image path or a numpy array, not {type(source).__name__}.")
 
 
+_POINT_FORMS = (
+    "[x, y], [[x, y], ...] (one object per point) or [[[x, y], ...], ...] (one object per "
+    "group, every group with the same number of points)"
+)
+
+
 def _point_groups(
     points: Sequence | np.ndarray | None, labels: Sequence | np.ndarray | int | None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -69,7 +76,7 @@ def _point_groups(
         if labels is not None:
             raise ValueError("labels were given without points.")
         return []
-    pts = np.asarray(points, dtype=np.float64)
+    pts = as_float_array(points, "points", _POINT_FORMS)
     if pts.size == 0:
         return []
     if pts.shape[-1] != 2 or pts.ndim > 3:
@@ -83,22 +90,19 @@ def _point_groups(
     if labels is None:
         lab = np.ones((n_objects, n_points), dtype=np.int64)
     else:
-        lab = np.asarray(labels, dtype=np.int64)
+        expected = f"one entry per point: {n_objects * n_points} for points of shape {pts.shape}"
+        lab = as_float_array(labels, "labels", expected)
         if lab.size != n_objects * n_points:
-            raise ValueError(
-                f"labels must have one entry per point: {n_objects * n_points} expected for "
-                f"points of shape {pts.shape}, got {lab.size}."
-            )
-        lab = lab.reshape(n_objects, n_points)
-    if not np.isin(lab, (0, 1)).all():
-        raise ValueError("labels must be 1 (foreground) or 0 (background).")
+            raise ValueError(f"labels must have {expected}, got {lab.size}.")
+        # The same rule as SamPredictor's: a fractional label is refused, never truncated.
+        lab = check_labels(lab.reshape(n_objects, n_points), "labels")
     return [(groups[i], lab[i]) for i in range(groups.shape[0])]
 
 
 def _boxes(bboxes: Sequence | np.ndarray | None) -> list[np.ndarray]:
     if bboxes is None:
         return []
-    boxes = np.asarray(bboxes, dtype=np.float64)
+    boxes = as_float_array(bboxes, "bboxes", "[x0, y0, x1, y1] or a list of such boxes")
     if boxes.size == 0:
         return []
     if boxes.shape[-1] != 4 or boxes.ndim > 2:
@@ -181,7 +185,7 @@ class MobileSAM:
         if not groups and not boxes:
             raise ValueError("Give at least one prompt: points=[x, y] or bboxes=[x0, y0, x1, y1].")
         for i, (_, labs) in enumerate(groups):
-            if not boxes and not labs.any():
+            if not boxes and not (labs == 1).any():
                 raise ValueError(
                     f"Point group {i} has only background points (label 0) and no box, so it "
                     "describes no object; add a foreground point (label 1) or a box."

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from napari_mobilesam.engine.image_conversion import shrink_for_encoder, to_uint8_rgb
+from napari_mobilesam.engine.prompt_checks import as_float_array, as_mask_input, check_labels
 from napari_mobilesam.engine.transforms import ResizeLongestSide
 from napari_mobilesam.model import Sam
 
@@ -178,12 +179,7 @@ class SamPredictor:
                     f"point_labels must be ({coords.shape[0]},) to match point_coords, "
                     f"got {labels.shape}."
                 )
-            # -1 is SAM's padding label: accepted as segment-anything does.
-            if not np.isin(labels, (-1, 0, 1)).all():
-                raise ValueError(
-                    "point_labels must be 1 (foreground) or 0 (background), got "
-                    f"{np.unique(labels).tolist()}."
-                )
+            labels = check_labels(labels, "point_labels")  # the same rule as MobileSAM's
             _check_near_image(coords, self.original_size, "point_coords")
             coords = self.transform.apply_coords(coords, self.original_size)
             coords_t = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
@@ -207,12 +203,7 @@ class SamPredictor:
             box_arr = self.transform.apply_boxes(box_arr, self.original_size)
             box_t = torch.as_tensor(box_arr, dtype=torch.float, device=self.device)[None]
         if mask_input is not None:
-            mask_arr = np.asarray(mask_input, dtype=np.float32)
-            if mask_arr.shape != (1, 256, 256):
-                raise ValueError(
-                    f"mask_input must be (1, 256, 256) low-res logits, got {mask_arr.shape}."
-                )
-            mask_t = torch.as_tensor(mask_arr, device=self.device)[None]
+            mask_t = torch.as_tensor(as_mask_input(mask_input), device=self.device)[None]
 
         masks, iou, low_res = self.predict_torch(
             coords_t, labels_t, box_t, mask_t, multimask_output, return_logits=return_logits
@@ -285,14 +276,15 @@ class SamPredictor:
         return masks, iou, low_res
 
 
+_EXPECTED = {
+    "point_coords": "(N, 2) (x, y) points",
+    "point_labels": "(N,) labels, 1 = foreground, 0 = background",
+    "box": "(4,) XYXY box",
+}
+
+
 def _as_float_array(value: object, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be numbers, got {value!r}.") from exc
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    return arr
+    return as_float_array(value, name, _EXPECTED[name])
 
 
 def _check_near_image(xy: np.ndarray, size: tuple[int, int] | None, name: str) -> None:
