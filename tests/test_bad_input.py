@@ -426,6 +426,29 @@ set_image_row(
     rng.normal(size=(20, 30, 2)).astype(np.float32),
     seen=lambda rgb: not rgb[..., 2].any() and rgb[..., :2].any(),
 )
+set_image_row(
+    "image-rgba-12-bit",
+    "RGBA uint16, colours 0..4095, opaque alpha 4095 (was mapped to 0..16)",
+    "ok",
+    np.dstack([np.tile(np.linspace(0, 4095, 30), (20, 1))] * 3 + [np.full((20, 30), 4095)])
+    .round()
+    .astype(np.uint16),
+    seen=lambda rgb: rgb.max() == 255 and rgb.min() == 0,
+)
+set_image_row(
+    "image-rgba-float-alpha",
+    "float RGBA, colours 0..1, alpha 1000",
+    "ok",
+    np.dstack([np.tile(np.linspace(0, 1, 30), (20, 1))] * 3 + [np.full((20, 30), 1000.0)]),
+    seen=lambda rgb: rgb.max() == 255 and rgb.min() == 0,
+)
+set_image_row(
+    "image-float-1e39",
+    "float64 from 0 to 1e39 (overflowed float32: the brightest pixels black)",
+    "ok",
+    np.tile(np.linspace(0, 1e39, 30), (20, 1)),
+    seen=lambda rgb: (rgb[:, -3:] == 255).all() and (rgb[:, 0] == 0).all(),
+)
 set_image_row("image-uint16", "16-bit", "ok", rng.integers(0, 65535, (20, 30), np.uint16))
 set_image_row("image-int16", "signed 16-bit", "ok", rng.integers(-500, 500, (20, 30), np.int16))
 set_image_row("image-float64", "float64", "ok", rng.normal(size=(20, 30)))
@@ -728,6 +751,92 @@ mobilesam_row(
     "error",
     {"image": "no/such/cells.png", "points": [1, 1]},
     (FileNotFoundError, "Image file not found"),
+)
+
+
+# --------------------------------------------------------------- PIL images and image files
+def encoder_saw(sam: MobileSAM) -> np.ndarray:
+    """The (h, w, 3) uint8 RGB the encoder got for the last image, without the padding."""
+    h, w = sam.predictor.input_size
+    return sam.predictor.last_input[0, :, :h, :w].permute(1, 2, 0).numpy()
+
+
+def pil_row(id: str, given: str, make: Callable[[Path], Any], check_seen: Callable, shape=None):
+    """A row that segments a PIL image (or the file it was saved to) with MobileSAM."""
+
+    def check(ctx: SimpleNamespace) -> None:
+        source = make(ctx.tmp_path)
+        with no_warnings():
+            res = ctx.env.sam.predict(source, points=[2, 2])
+        assert len(res) == 1 and res.orig_shape == (shape or (20, 30))
+        assert check_seen(encoder_saw(ctx.env.sam))
+
+    headless(id, given, "ok")(check)
+
+
+def _palette_png(folder: Path) -> Path:
+    from PIL import Image
+
+    img = Image.new("P", (30, 20), 0)
+    img.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)  # index 1 is red
+    img.paste(1, (0, 0, 15, 20))
+    img.save(folder / "palette.png")
+    return folder / "palette.png"
+
+
+def _png_16bit(folder: Path) -> Path:
+    from PIL import Image
+
+    values = np.tile(np.linspace(0, 4095, 30).astype(np.uint16), (20, 1))
+    Image.fromarray(values).save(folder / "deep.png")  # an I;16 PNG
+    return folder / "deep.png"
+
+
+def _exif_rotated(folder: Path) -> Path:
+    from PIL import Image
+
+    img = Image.fromarray(np.tile(np.arange(20, dtype=np.uint8) * 10, (30, 1)).T)  # 20 x 30
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: viewers rotate it a quarter turn, to 30 rows x 20 columns
+    img.save(folder / "rotated.png", exif=exif)
+    return folder / "rotated.png"
+
+
+pil_row(
+    "file-palette-png",
+    "a palette PNG (was read as palette indices, i.e. grey)",
+    _palette_png,
+    lambda rgb: (rgb[:, :300] == (200, 10, 10)).all() and not rgb[:, -300:].any(),
+)
+pil_row(
+    "file-16-bit-png",
+    "a 16-bit (I;16) PNG of 0..4095",
+    _png_16bit,
+    lambda rgb: rgb[..., 0].max() == 255 and rgb[..., 0].min() == 0,
+)
+pil_row(
+    "file-exif-orientation",
+    "a PNG with EXIF orientation 6 (shown rotated)",
+    _exif_rotated,
+    lambda rgb: rgb.shape[0] > rgb.shape[1],
+    shape=(30, 20),
+)
+pil_row(
+    "pil-image-palette",
+    "a PIL palette image object (not a path)",
+    lambda folder: __import__("PIL.Image").Image.open(_palette_png(folder)),
+    lambda rgb: (rgb[:, :300] == (200, 10, 10)).all() and not rgb[:, -300:].any(),
+)
+pil_row(
+    "pil-image-grey-alpha",
+    "a PIL 'LA' image (grey + alpha; not red and green)",
+    lambda folder: __import__("PIL.Image").Image.fromarray(
+        np.dstack(
+            [np.tile(np.arange(30, dtype=np.uint8) * 8, (20, 1)), np.full((20, 30), 99)]
+        ).astype(np.uint8),
+        mode="LA",
+    ),
+    lambda rgb: (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all(),
 )
 
 

@@ -95,3 +95,35 @@ def test_bad_shapes_are_explained(shape, message):
 def test_non_numeric_dtype():
     with pytest.raises(ValueError, match="Unsupported image dtype"):
         to_uint8_rgb(np.array([["a", "b"]]))
+
+
+@pytest.mark.parametrize(
+    ("mode", "dtype", "shape"),
+    [
+        ("I;16B", np.uint16, (4, 5)),  # big-endian 16-bit: native order, same values
+        ("I;16", np.uint16, (4, 5)),
+        ("CMYK", np.uint8, (4, 5, 3)),
+        ("YCbCr", np.uint8, (4, 5, 3)),
+        ("LA", np.uint8, (4, 5)),  # grey + alpha: grey, not red and green
+        ("PA", np.uint8, (4, 5, 4)),  # palette + alpha: colours (alpha dropped later)
+        ("1", np.bool_, (4, 5)),
+    ],
+)
+def test_pil_images_keep_the_meaning_of_their_pixels(mode, dtype, shape):
+    from PIL import Image
+
+    from napari_mobilesam.engine.image_conversion import image_from_pil
+
+    array = image_from_pil(Image.new(mode, (5, 4)))
+    assert array.dtype == dtype and array.dtype.isnative and array.shape == shape
+    assert to_uint8_rgb(array).shape == (4, 5, 3)
+
+
+def test_limits_ignore_alpha_and_huge_floats_keep_their_order():
+    rgba = np.zeros((4, 8, 4), np.uint16)
+    rgba[..., :3] = np.arange(8, dtype=np.uint16)[None, :, None] * 585  # 0..4095
+    rgba[..., 3] = 65535  # opaque alpha must not set the top limit
+    assert to_uint8_rgb(rgba)[0, -1, 0] == 255
+    huge = np.linspace(0, 3e39, 16).reshape(2, 8)  # past float32's largest value
+    out = to_uint8_rgb(huge)[..., 0].reshape(-1)
+    assert (np.diff(out.astype(int)) >= 0).all() and out[-1] == 255 and out[0] == 0

@@ -65,6 +65,39 @@ def _as_channels_last(image: np.ndarray, rgb: bool | None) -> np.ndarray:
     )
 
 
+# PIL modes whose pixels np.asarray gives as they should be read: grey, RGB(A), 1-bit, 16- and
+# 32-bit integers, float. Every other mode is converted first (see image_from_pil).
+_PIL_AS_IS = {"1", "L", "RGB", "RGBA", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def image_from_pil(img: Any) -> np.ndarray:
+    """A PIL image as the array :func:`to_uint8_rgb` takes, with its pixels' meaning kept.
+
+    - EXIF orientation is applied, so the array looks as viewers show the photo.
+    - Palette images ("P", "PA") become their colours, not their palette indices.
+    - Grey with alpha ("LA") becomes grey (a 2-channel array would read as red and green).
+    - CMYK, YCbCr, LAB, HSV and the other colour modes become RGB.
+    - 16-bit ("I;16", big- or little-endian) and 32-bit modes keep their values, in native byte
+      order, so the contrast mapping sees the real range.
+    """
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img) or img
+    mode = img.mode
+    if mode in ("P", "PA"):
+        # A transparent palette entry needs RGBA (PIL warns otherwise); alpha is dropped later.
+        has_alpha = mode == "PA" or "transparency" in img.info
+        img = img.convert("RGBA" if has_alpha else "RGB")
+    elif mode in ("LA", "La"):
+        img = img.convert("L")
+    elif mode not in _PIL_AS_IS:
+        img = img.convert("RGB")
+    array = np.asarray(img)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return array
+
+
 def robust_limits(image: np.ndarray) -> tuple[float, float]:
     """The 0.1 and 99.9 percentiles of the finite values (0, 0 if there are none)."""
     flat = image.reshape(-1)
@@ -108,7 +141,7 @@ def to_uint8_rgb(
         raise ValueError(f"The image is empty (shape {image.shape}); nothing to segment.")
     if image.dtype.kind not in "biuf":
         raise ValueError(f"Unsupported image dtype {image.dtype}; use a numeric or bool image.")
-    image = _as_channels_last(image, rgb)
+    image = shown_channels(_as_channels_last(image, rgb))
     limits = None if contrast_limits is None else _checked_limits(contrast_limits)
 
     if image.dtype == np.bool_:
@@ -138,23 +171,38 @@ def to_uint8_rgb(
         out = np.repeat(out, 3, axis=-1)
     elif channels == 2:
         out = np.concatenate([out, np.zeros_like(out[..., :1])], axis=-1)
-    elif channels == 4:
-        out = out[..., :3]
     return np.ascontiguousarray(out)
+
+
+def shown_channels(image: Any) -> Any:
+    """A channels-last plane without the channels the model never sees (alpha of RGBA).
+
+    Limits must come from the shown channels only: an opaque alpha of 4095 in a 12-bit RGBA
+    image would otherwise set the top limit, and the colours would map to almost black.
+    """
+    return image[..., :3] if image.ndim == 3 and image.shape[-1] == 4 else image
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _map_linear(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """``lo``..``hi`` to 0..255 (clipped; NaN and inf to 0), a band of rows at a time."""
     out = np.empty(image.shape, dtype=np.uint8)
     rows = max(1, _BAND_PIXELS // max(1, image[0].size))
-    # Limits beyond float32's range overflow to inf here; such values end as 0 like any inf.
+    # float32 is twice as fast, but values or limits beyond its range (float64 data around
+    # 1e39) would become inf and then 0: the brightest pixels black. Those map in float64,
+    # halved first so that even hi - lo near float64's maximum stays finite.
+    float64_data = image.dtype.kind == "f" and image.dtype.itemsize > 4
+    wide = float64_data or max(abs(lo), abs(hi)) > _FLOAT32_MAX
+    work, half = (np.float64, 0.5) if wide else (np.float32, 1.0)
     with np.errstate(over="ignore", invalid="ignore"):
-        offset = np.float32(lo)
-        scale = np.float32(255.0 / (hi - lo))
+        offset = work(lo * half)
+        scale = work(255.0 / (hi * half - lo * half))
         for start in range(0, image.shape[0], rows):
-            band = (image[start : start + rows].astype(np.float32) - offset) * scale
+            band = (image[start : start + rows].astype(work) * work(half) - offset) * scale
             np.nan_to_num(band, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            band += np.float32(0.5)
+            band += work(0.5)
             np.clip(band, 0, 255, out=band)
             out[start : start + rows] = band  # truncates, as astype(np.uint8) does
     return out

@@ -10,8 +10,9 @@ Prompt semantics (coordinates are (x, y) = (column, row) in image pixels, boxes 
 - Boxes and point groups with the same index form one object; their counts must match.
 - ``labels`` defaults to all foreground.
 
-Images are numpy arrays or paths; colour is RGB (not BGR). Grayscale, RGBA, 16-bit, float and
-boolean images are converted by :func:`napari_mobilesam.to_uint8_rgb`.
+Images are numpy arrays, PIL images or paths; colour is RGB (not BGR). Grayscale, RGBA, 16-bit,
+float and boolean images are converted by :func:`napari_mobilesam.to_uint8_rgb`; palette images,
+16-bit PNGs and EXIF orientation by :func:`~.image_conversion.image_from_pil`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,15 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from napari_mobilesam.engine.image_conversion import shrink_for_encoder, to_uint8_rgb
+from napari_mobilesam.engine.image_conversion import (
+    image_from_pil,
+    shrink_for_encoder,
+    to_uint8_rgb,
+)
 from napari_mobilesam.engine.prompt_checks import as_float_array, check_labels
 
 
@@ -48,7 +54,9 @@ class Results:
         return len(self.masks)
 
 
-def _load_image(source: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
+def _load_image(source: str | os.PathLike[str] | np.ndarray | Any) -> np.ndarray:
+    """The pixels of a path, a PIL image or an array (palette, 16-bit and EXIF orientation
+    handled by :func:`~.image_conversion.image_from_pil`)."""
     if isinstance(source, (str, os.PathLike)):
         from PIL import Image
 
@@ -56,10 +64,15 @@ def _load_image(source: str | os.PathLike[str] | np.ndarray) -> np.ndarray:
         if not path.is_file():
             raise FileNotFoundError(f"Image file not found: {path}")
         with Image.open(path) as img:
-            return np.array(img)
+            return image_from_pil(img)
     if isinstance(source, np.ndarray):
         return source
-    raise TypeError(f"source must be an image path or a numpy array, not {type(source).__name__}.")
+    if type(source).__module__.startswith("PIL.") and hasattr(source, "mode"):
+        return image_from_pil(source)
+    raise TypeError(
+        f"source must be an image path or a numpy array (or a PIL image), not "
+        f"{type(source).__name__}."
+    )
 
 
 _POINT_FORMS = (
