@@ -1107,7 +1107,7 @@ def _(ctx: SimpleNamespace) -> None:
 
 # --------------------------------------------------------------------------- stack rows
 class FixedEncoder:
-    """Stands in for a stack's private encoder: every plane gets the fixed embedding."""
+    """Stands in for a stack's predictor: every plane gets the fixed embedding."""
 
     device = torch.device("cpu")
 
@@ -1120,14 +1120,9 @@ class FixedEncoder:
     def get_image_embedding(self) -> torch.Tensor:
         return self.embedding
 
-    def reset_image(self) -> None:
-        pass
-
 
 def stack_of(env: SimpleNamespace, volume: Any, **kwargs: Any) -> StackEmbeddings:
-    stack = StackEmbeddings(env.stub(), volume, **kwargs)
-    stack._encoder = FixedEncoder(env.embedding)
-    return stack
+    return StackEmbeddings(FixedEncoder(env.embedding), volume, **kwargs)
 
 
 def stack_error_row(id: str, given: str, call: Callable[[SimpleNamespace], Any], error: Any):
@@ -1171,6 +1166,69 @@ stack_error_row(
     lambda env: segment_stack(env.stub(), VOLUME, 1, stack=stack_of(env, VOLUME), progress=False),
     (ValueError, "Give points and/or a box"),
 )
+
+stack_error_row(
+    "stack-of-another-volume",
+    "segment_stack(volume, stack=...) with a stack built from other data (was silently used)",
+    lambda env: segment_stack(
+        env.stub(), VOLUME[:3], 1, box=[2, 2, 9, 9], stack=stack_of(env, VOLUME), progress=False
+    ),
+    (ValueError, r"stack= was built from another volume \(shape \(4, 24, 32\)\)"),
+)
+stack_error_row(
+    "stack-ragged-plane-list",
+    "a Python list of planes of different shapes",
+    lambda env: segment_stack(
+        env.stub(), [VOLUME[0], VOLUME[1, :20]], 0, box=[2, 2, 9, 9], progress=False
+    ),
+    (ValueError, r"plane 1 is \(20, 32\). All planes of a stack need one shape"),
+)
+stack_error_row(
+    "stack-points-ragged",
+    "segment_stack(points=[[1, 2], [3]])",
+    lambda env: segment_stack(
+        env.stub(), VOLUME, 1, points=[[1, 2], [3]], stack=stack_of(env, VOLUME), progress=False
+    ),
+    (ValueError, r"points is ragged .* expected \[x, y\] or \(N, 2\)"),
+)
+stack_error_row(
+    "stack-labels-fraction",
+    "segment_stack(labels=[0.5])",
+    lambda env: segment_stack(
+        env.stub(), VOLUME, 1, points=[[5, 5]], labels=[0.5], stack=stack_of(env, VOLUME)
+    ),
+    (ValueError, r"labels must be 1 \(foreground\) or 0 \(background\), got \[0.5\]"),
+)
+
+
+@headless("stack-list-of-planes", "segment_stack with a Python list of 2D planes", "ok")
+def _(ctx: SimpleNamespace) -> None:
+    planes = list(VOLUME)
+    stack = stack_of(ctx.env, planes)
+    assert stack.n_planes == 4 and stack.plane_shape == (24, 32)
+    assert stack.contrast_limits == stack_of(ctx.env, VOLUME).contrast_limits
+    with no_warnings():
+        (obj,) = segment_stack(
+            ctx.env.stub(), planes, 1, box=[0, 0, 31, 23], stack=stack, progress=False
+        )
+    assert 1 in obj.masks and obj.masks[1].shape == (24, 32)
+
+
+@headless(
+    "stack-zarr-volume", "a zarr (v3) volume: limits and planes read one plane at a time", "ok"
+)
+def _(ctx: SimpleNamespace) -> None:
+    zarr = pytest.importorskip("zarr")
+    vol = zarr.create_array(store={}, shape=VOLUME.shape, chunks=(1, 24, 32), dtype=VOLUME.dtype)
+    vol[:] = VOLUME
+
+    def whole(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the whole zarr array was read")
+
+    ctx.monkeypatch.setattr(type(vol), "__array__", whole)
+    stack = stack_of(ctx.env, vol)
+    assert stack.contrast_limits == stack_of(ctx.env, VOLUME).contrast_limits
+    assert drive(stack.precompute(around=1)) == 4
 
 
 class EmptyDecoder(FakePredictor):

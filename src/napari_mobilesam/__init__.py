@@ -8,7 +8,8 @@ torch, and the headless names do not import napari):
 - :class:`MobileSAM` is the one-call interface ``MobileSAM(weights).predict(image, points=...)``;
 - :func:`to_uint8_rgb` is the rule that turns any image into the uint8 RGB the model takes;
 - stacks: :class:`EmbeddingCache`, :class:`DiskEmbeddingCache`, :func:`precompute_stack`,
-  :func:`segment_stack`; napari layers: :func:`segment_from_layers`, :func:`commit_objects`,
+  :func:`segment_stack` (:class:`Cancelled`), :func:`propagate` with :class:`Seed` and
+  :class:`PropagationSettings`; napari layers: :func:`segment_from_layers`, :func:`commit_objects`,
   :func:`create_aligned_labels`.
 
 The package is layered (see ``docs/architecture.md``): ``model`` (pure torch) <- ``engine``
@@ -40,6 +41,9 @@ _LAZY = {
     "precompute_stack": "engine.stack",
     "segment_stack": "engine.stack",
     "PropagationSettings": "engine.propagation",
+    "Seed": "engine.propagation",
+    "propagate": "engine.propagation",
+    "Cancelled": "engine.propagation",
     "resolve_weights": "engine.weights",
     "segment_from_layers": "layers.segment",
     "commit_objects": "layers.segment",
@@ -49,6 +53,7 @@ _LAZY = {
 
 __all__ = [
     "build_mobile_sam",
+    "Cancelled",
     "CheckpointError",
     "commit_objects",
     "create_aligned_labels",
@@ -59,11 +64,13 @@ __all__ = [
     "MobileSAM",
     "model_fingerprint",
     "precompute_stack",
+    "propagate",
     "PropagationSettings",
     "ResizeLongestSide",
     "resolve_weights",
     "Results",
     "SamPredictor",
+    "Seed",
     "segment_from_layers",
     "segment_stack",
     "StackEmbeddings",
@@ -80,7 +87,12 @@ if TYPE_CHECKING:
     from napari_mobilesam.engine.image_conversion import to_uint8_rgb
     from napari_mobilesam.engine.mobile_sam import MobileSAM, Results
     from napari_mobilesam.engine.predictor import SamPredictor
-    from napari_mobilesam.engine.propagation import PropagationSettings
+    from napari_mobilesam.engine.propagation import (
+        Cancelled,
+        PropagationSettings,
+        Seed,
+        propagate,
+    )
     from napari_mobilesam.engine.stack import StackEmbeddings, precompute_stack, segment_stack
     from napari_mobilesam.engine.transforms import ResizeLongestSide
     from napari_mobilesam.engine.weights import resolve_weights
