@@ -1,0 +1,121 @@
+"""The prompt encoder + mask decoder behind SAM's official ONNX decoder interface.
+
+Tools that run SAM as two ONNX files (segment-anything's ONNX demo, samexporter, AnyLabeling,
+Label Studio's SAM backend) call the decoder with these inputs:
+
+* ``image_embeddings`` (1, 256, 64, 64) float32, from the encoder file;
+* ``point_coords`` (1, N, 2) float32, (x, y) = (column, row) in the resized 1024 frame
+  (``x * neww / W``, ``y * newh / H``), before SAM's +0.5 pixel-centre shift;
+* ``point_labels`` (1, N) float32: 1 foreground, 0 background, 2 and 3 the top-left and
+  bottom-right corners of a box, -1 a padding point (one (0, 0) point labelled -1 is appended
+  when the prompt has no box, exactly as SAM's prompt encoder does);
+* ``mask_input`` (1, 1, 256, 256) float32 low-res logits, used when ``has_mask_input`` is 1;
+* ``has_mask_input`` (1,) float32, 1 or 0;
+* ``orig_im_size`` (2,) float32, (H, W) of the original image;
+
+and get ``masks`` (1, C, H, W) logits at the original size (threshold at 0), ``iou_predictions``
+(1, C) and ``low_res_masks`` (1, C, 256, 256). This module is pure torch: it only has to trace
+well (no Python control flow on tensor values), see :mod:`napari_mobilesam.engine.export`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sam import Sam
+
+INPUT_NAMES = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+OUTPUT_NAMES = ("masks", "iou_predictions", "low_res_masks")
+
+
+class SamOnnxDecoder(nn.Module):
+    """SAM's ONNX decoder interface on a loaded MobileSAM model (shares its modules).
+
+    Arguments:
+      model: the float32 model (eval mode).
+      multimask: True returns the 3 candidate masks (SAM's ``multimask_output=True``), False the
+        single-object mask (``multimask_output=False``), so C is 3 or 1.
+    """
+
+    def __init__(self, model: Sam, multimask: bool = False) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.img_size = int(model.img_size)
+        self.multimask = bool(multimask)
+
+    def embed_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
+        """(1, N, 2) coordinates in the 1024 frame and (1, N) labels -> (1, N, 256) tokens.
+
+        Box corners arrive as points labelled 2 and 3, so points, boxes and their mix are one
+        path; the result equals the prompt encoder's token for token.
+        """
+        encoder = self.prompt_encoder
+        coords = (point_coords + 0.5) / self.img_size  # shift to the centre of the pixel
+        tokens = encoder.pe_layer._pe_encoding(coords)
+        labels = point_labels.unsqueeze(-1)
+        # A padding point carries no position: its token is the learned "not a point" alone.
+        tokens = torch.where(labels == -1, encoder.not_a_point_embed.weight, tokens)
+        for label, table in enumerate(encoder.point_embeddings):
+            tokens = tokens + (labels == label).to(tokens.dtype) * table.weight
+        return tokens
+
+    def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """(1, 1, 256, 256) logits and a (1,) 0/1 flag -> (1, 256, 64, 64) dense embedding.
+
+        Blended arithmetically rather than with control flow, so one graph serves both cases;
+        with a flag of exactly 0 or 1 the unused term adds exact zeros.
+        """
+        encoder = self.prompt_encoder
+        flag = has_mask_input.reshape(1, 1, 1, 1)
+        no_mask = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return flag * encoder.mask_downscaling(mask_input) + (1 - flag) * no_mask
+
+    def upscale(self, low_res: torch.Tensor, orig_im_size: torch.Tensor) -> torch.Tensor:
+        """(1, C, 256, 256) logits -> (1, C, H, W), for the (H, W) held in ``orig_im_size``.
+
+        Every size is computed from the tensor, so the traced graph follows the input's aspect
+        ratio rather than the one of the example used for tracing. The resized size is computed
+        in float64 with the same operations as ``ResizeLongestSide.get_preprocess_shape``, so the
+        crop is the very one the encoder input was made with (float32 can round a half the other
+        way), and never 0 for a thin strip.
+        """
+        size = orig_im_size.to(torch.float64)
+        scale = self.img_size / torch.max(size)
+        resized = torch.clamp(torch.floor(size * scale + 0.5), min=1).to(torch.int64)
+        masks = F.interpolate(
+            low_res, (self.img_size, self.img_size), mode="bilinear", align_corners=False
+        )
+        masks = masks[..., : resized[0], : resized[1]]
+        original = orig_im_size.to(torch.int64)
+        return F.interpolate(
+            masks, size=(original[0], original[1]), mode="bilinear", align_corners=False
+        )
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        orig_im_size: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """See the module docstring for the shapes; returns (masks, iou_predictions, low_res)."""
+        sparse = self.embed_points(point_coords, point_labels)
+        dense = self.embed_mask(mask_input, has_mask_input)
+        low_res, iou = self.mask_decoder.predict_masks(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
+        )
+        chosen = slice(1, None) if self.multimask else slice(0, 1)
+        low_res, iou = low_res[:, chosen], iou[:, chosen]
+        return self.upscale(low_res, orig_im_size), iou, low_res

@@ -1,0 +1,367 @@
+"""ONNX export: the exported encoder + decoder, run by ONNX Runtime, reproduce the golden cases.
+
+The export runs once per test session (it takes about 10 s); the round trips then feed the files
+exactly as a third-party tool would (numpy preprocessing, SAM's ONNX decoder interface).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from golden_cases import (
+    ATOL_EMBEDDING,
+    ATOL_IOU,
+    ATOL_LOW_RES_END_TO_END,
+    ATOL_LOW_RES_STORED_EMBEDDING,
+    assert_masks_match,
+    case_files,
+    prompt_set,
+    prompt_set_ids,
+)
+
+ort = pytest.importorskip(
+    "onnxruntime", reason='ONNX Runtime is not installed (pip install "napari-mobilesam[onnx]")'
+)
+
+CASES = [p.name for p in case_files()] or ["<no golden cases>"]
+PROMPT_SETS = prompt_set_ids() or [("<no golden cases>", 0)]
+MEAN = np.array([123.675, 116.28, 103.53], dtype=np.float32)
+STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, synthetic_checkpoint):
+    """The export folder (single-mask decoder) plus a multimask decoder beside it."""
+    from napari_mobilesam.engine.export import export_decoder, export_onnx, exportable_copy
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    out = tmp_path_factory.mktemp("onnx_export")
+    result = export_onnx(synthetic_checkpoint, out)
+    model = exportable_copy(build_mobile_sam(synthetic_checkpoint, device="cpu", optimize=False))
+    multimask = export_decoder(model, out / "mobile_sam.decoder.multimask.onnx", multimask=True)
+    return result, multimask
+
+
+@pytest.fixture(scope="session")
+def sessions(exported):
+    result, multimask = exported
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+
+    def session(path):
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    return {
+        "encoder": session(result.encoder),
+        False: session(result.decoder),
+        True: session(multimask),
+    }
+
+
+@pytest.fixture(scope="session")
+def case_data(golden_dir):
+    cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def load(name: str) -> dict[str, np.ndarray]:
+        if name not in cache:
+            with np.load(golden_dir / "cases" / name) as z:
+                cache[name] = {key: z[key] for key in z.files}
+        return cache[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def onnx_embedding(sessions, case_data):
+    """The ONNX encoder's embedding of each case, from the raw image as a tool would make it."""
+    from napari_mobilesam.engine.transforms import ResizeLongestSide
+
+    cache: dict[str, np.ndarray] = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in cache:
+            resized = ResizeLongestSide(1024).apply_image(case_data(name)["image"])
+            normalised = (resized.astype(np.float32) - MEAN) / STD
+            h, w = normalised.shape[:2]
+            image = np.zeros((1, 3, 1024, 1024), dtype=np.float32)
+            image[0, :, :h, :w] = normalised.transpose(2, 0, 1)
+            cache[name] = sessions["encoder"].run(None, {"image": image})[0]
+        return cache[name]
+
+    return get
+
+
+def decoder_inputs(
+    embedding: np.ndarray,
+    original_size: tuple[int, int],
+    coords: np.ndarray | None,
+    labels: np.ndarray | None,
+    box: np.ndarray | None,
+    mask_input: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """SAM's ONNX decoder inputs for one prompt given in the 1024 frame (``*_model`` arrays)."""
+    points = [np.zeros((0, 2), np.float32)]
+    point_labels = [np.zeros(0, np.float32)]
+    if coords is not None:
+        points.append(np.asarray(coords, np.float32).reshape(-1, 2))
+        point_labels.append(np.asarray(labels, np.float32).reshape(-1))
+    if box is not None:
+        points.append(np.asarray(box, np.float32).reshape(2, 2))
+        point_labels.append(np.array([2, 3], np.float32))
+    elif coords is not None:  # SAM's padding point stands in for the missing box
+        points.append(np.zeros((1, 2), np.float32))
+        point_labels.append(np.array([-1], np.float32))
+    has_mask = mask_input is not None
+    return {
+        "image_embeddings": embedding,
+        "point_coords": np.concatenate(points)[None],
+        "point_labels": np.concatenate(point_labels)[None],
+        "mask_input": (
+            np.asarray(mask_input, np.float32).reshape(1, 1, 256, 256)
+            if has_mask
+            else np.zeros((1, 1, 256, 256), np.float32)
+        ),
+        "has_mask_input": np.array([1.0 if has_mask else 0.0], np.float32),
+        "orig_im_size": np.array(original_size, np.float32),
+    }
+
+
+def run_prompt_set(sessions, embedding: np.ndarray, z, k: int) -> dict[str, np.ndarray]:
+    """The golden prompt set ``k`` through the ONNX decoder; batched sets one prompt at a time."""
+    p = prompt_set(z, k)
+    size = tuple(int(s) for s in z["original_size"])
+    decoder = sessions[bool(p["multimask"])]
+    if p["batched"]:
+        n = len(p["boxes_model"] if p["boxes_model"] is not None else p["point_coords_model"])
+        prompts = [
+            (
+                None if p["point_coords_model"] is None else p["point_coords_model"][i],
+                None if p["point_labels"] is None else p["point_labels"][i],
+                None if p["boxes_model"] is None else p["boxes_model"][i],
+                None,
+            )
+            for i in range(n)
+        ]
+    else:
+        prompts = [(p["point_coords_model"], p["point_labels"], p["box_model"], p["mask_input"])]
+    outputs = []
+    for coords, labels, box, mask in prompts:
+        if coords is None and box is None:
+            pytest.skip("SAM's ONNX interface always carries a point; a mask-only prompt has none")
+        inputs = decoder_inputs(embedding, size, coords, labels, box, mask)
+        outputs.append(decoder.run(None, inputs))
+    masks, iou, low_res = (np.concatenate(parts) for parts in zip(*outputs, strict=True))
+    if not p["batched"]:
+        masks, iou, low_res = masks[0], iou[0], low_res[0]
+    return {"masks": masks > 0.0, "iou": iou, "low_res": low_res, "ref": p}
+
+
+def test_export_folder_contents(exported, synthetic_checkpoint):
+    from napari_mobilesam.engine.weights import file_sha256
+
+    result, _ = exported
+    assert result.encoder.name == "mobile_sam.encoder.onnx"
+    assert result.decoder.name == "mobile_sam.decoder.onnx"
+    meta = json.loads(result.metadata.read_text())
+    assert meta["source_weights"]["sha256"] == file_sha256(synthetic_checkpoint)
+    assert meta["opset"] == 17
+    assert meta["encoder"]["preprocessing"]["normalize"]["mean"] == [123.675, 116.28, 103.53]
+    assert meta["decoder"]["multimask"] is False
+    assert "-1" in meta["decoder"]["point_labels"]
+    # Atomic writes leave no temporary file behind.
+    assert not [p for p in result.encoder.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_interface_names_and_shapes(sessions):
+    encoder = sessions["encoder"]
+    assert [i.name for i in encoder.get_inputs()] == ["image"]
+    assert encoder.get_inputs()[0].shape == [1, 3, 1024, 1024]
+    assert [o.name for o in encoder.get_outputs()] == ["image_embeddings"]
+    decoder = sessions[False]
+    names = [i.name for i in decoder.get_inputs()]
+    assert names == [
+        "image_embeddings",
+        "point_coords",
+        "point_labels",
+        "mask_input",
+        "has_mask_input",
+        "orig_im_size",
+    ]
+    assert isinstance(decoder.get_inputs()[1].shape[1], str)  # N is dynamic
+    assert [o.name for o in decoder.get_outputs()] == ["masks", "iou_predictions", "low_res_masks"]
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("name", CASES)
+def test_onnx_encoder_matches_golden(name, case_data, onnx_embedding):
+    np.testing.assert_allclose(
+        onnx_embedding(name), case_data(name)["image_embedding"], rtol=0, atol=ATOL_EMBEDDING
+    )
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize(("name", "k"), PROMPT_SETS)
+def test_onnx_round_trip_end_to_end(name, k, sessions, case_data, onnx_embedding):
+    """Encoder and decoder files together, as a tool runs them."""
+    out = run_prompt_set(sessions, onnx_embedding(name), case_data(name), k)
+    p = out["ref"]
+    assert out["masks"].shape == p["masks"].shape
+    np.testing.assert_allclose(out["iou"], p["iou"], rtol=0, atol=ATOL_IOU)
+    np.testing.assert_allclose(out["low_res"], p["low_res"], rtol=0, atol=ATOL_LOW_RES_END_TO_END)
+    assert_masks_match(out["masks"], p["masks"], p["borderline"])
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize(("name", "k"), PROMPT_SETS)
+def test_onnx_decoder_from_stored_embedding(name, k, sessions, case_data):
+    """The decoder file alone, fed the reference embedding: the tighter low-res tolerance."""
+    z = case_data(name)
+    out = run_prompt_set(sessions, z["image_embedding"], z, k)
+    p = out["ref"]
+    np.testing.assert_allclose(out["iou"], p["iou"], rtol=0, atol=ATOL_IOU)
+    np.testing.assert_allclose(
+        out["low_res"], p["low_res"], rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING
+    )
+    assert_masks_match(out["masks"], p["masks"], p["borderline"])
+
+
+# Sizes far from the tracing example (1500 x 2250): portrait, landscape, square, thin strips
+# (a 1-pixel row resizes to 1 row, not 0), and sizes whose resized side rounds half up.
+ASPECT_SIZES = [(480, 640), (640, 480), (1024, 1024), (7, 3000), (3000, 7), (1, 5000), (2000, 37)]
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("size", ASPECT_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("multimask", [False, True], ids=["single", "multimask"])
+def test_onnx_decoder_any_aspect_ratio(size, multimask, sessions, case_data, golden_model):
+    """Masks at the original size match the torch predictor's for every aspect ratio."""
+    from napari_mobilesam.engine.predictor import SamPredictor
+
+    embedding = case_data(CASES[0])["image_embedding"]
+    predictor = SamPredictor(golden_model)
+    predictor.set_image_embedding(torch.as_tensor(embedding), size)
+    h, w = size
+    point = np.array([[w * 0.4, h * 0.6]])
+    box = np.array([w * 0.1, h * 0.2, w * 0.9, h * 0.7])
+    logits, iou, low_res = predictor.predict(
+        point_coords=point,
+        point_labels=np.array([1]),
+        box=box,
+        multimask_output=multimask,
+        return_logits=True,
+    )
+    t = predictor.transform
+    inputs = decoder_inputs(
+        embedding,
+        size,
+        t.apply_coords(point, size),
+        np.array([1]),
+        t.apply_boxes(box, size),
+        None,
+    )
+    masks_onnx, iou_onnx, low_onnx = sessions[multimask].run(None, inputs)
+    assert masks_onnx.shape == (1, 3 if multimask else 1, h, w)
+    np.testing.assert_allclose(iou_onnx[0], iou, rtol=0, atol=ATOL_IOU)
+    np.testing.assert_allclose(low_onnx[0], low_res, rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING)
+    # Pixels may flip only where the logit sits next to the threshold.
+    differ = (masks_onnx[0] > 0) != (logits > 0)
+    assert not (differ & (np.abs(logits) >= 1e-3)).any()
+    assert np.abs(masks_onnx[0] - logits).max() < 1e-3
+
+
+def test_has_mask_input_zero_ignores_mask(sessions, case_data):
+    z = case_data(CASES[0])
+    inputs = decoder_inputs(
+        z["image_embedding"], (480, 640), np.array([[100.0, 200.0]]), np.array([1]), None, None
+    )
+    plain = sessions[False].run(None, inputs)
+    inputs["mask_input"] = np.full((1, 1, 256, 256), 7.0, np.float32)
+    ignored = sessions[False].run(None, inputs)
+    for a, b in zip(plain, ignored, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+def test_refuses_a_folder_with_other_files(tmp_path, synthetic_checkpoint):
+    from napari_mobilesam.engine.export import export_onnx
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty.*overwrite"):
+        export_onnx(synthetic_checkpoint, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_refuses_a_file_as_folder(tmp_path):
+    from napari_mobilesam.engine.export import prepare_folder
+
+    target = tmp_path / "file.onnx"
+    target.write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="is a file"):
+        prepare_folder(target, overwrite=True)
+
+
+def test_overwrite_accepts_a_non_empty_folder(tmp_path):
+    from napari_mobilesam.engine.export import prepare_folder
+
+    (tmp_path / "old.onnx").write_bytes(b"x")
+    assert prepare_folder(tmp_path, overwrite=True) == tmp_path
+
+
+def test_read_only_folder_message(tmp_path, monkeypatch):
+    from napari_mobilesam.engine import export
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    # Root ignores file modes, so the refusal is simulated where the folder is probed.
+    monkeypatch.setattr(export.tempfile, "mkstemp", denied)
+    with pytest.raises(PermissionError, match="read-only"):
+        export.prepare_folder(tmp_path / "out", overwrite=False)
+
+
+def test_not_mobilesam_checkpoint(tmp_path):
+    from napari_mobilesam.engine.export import export_onnx
+    from napari_mobilesam.model.checkpoint import CheckpointError
+
+    sam_b = {"image_encoder.blocks.0.attn.qkv.weight": torch.zeros(2304, 768)}
+    path = tmp_path / "sam_vit_b.pth"
+    torch.save(sam_b, path)
+    with pytest.raises(CheckpointError, match="SAM ViT-B"):
+        export_onnx(path, tmp_path / "out")
+
+
+def test_missing_extra_names_it(tmp_path, monkeypatch, synthetic_checkpoint):
+    import sys
+
+    from napari_mobilesam.engine.export import MissingExtraError, export_onnx
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # makes "import openvino" fail
+    with pytest.raises(MissingExtraError, match=r'pip install "napari-mobilesam\[openvino\]"'):
+        export_onnx(synthetic_checkpoint, tmp_path / "out", format="openvino")
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_only_for_onnx(tmp_path, synthetic_checkpoint):
+    from napari_mobilesam.engine.export import export_onnx
+
+    with pytest.raises(ValueError, match="ONNX format only"):
+        export_onnx(synthetic_checkpoint, tmp_path, format="openvino", quantize=True)
+
+
+def test_cli_arguments_round_trip(tmp_path, capsys):
+    import argparse
+
+    from napari_mobilesam.engine.export import add_export_arguments, run_export
+
+    parser = add_export_arguments(argparse.ArgumentParser(prog="export"))
+    (tmp_path / "x").write_text("x")
+    args = parser.parse_args(["--out", str(tmp_path), "--weights", str(tmp_path / "none.pt")])
+    assert args.opset == 17 and args.format == "onnx" and not args.quantize
+    assert run_export(args) == 1
+    assert "not empty" in capsys.readouterr().err
