@@ -2,7 +2,9 @@
 
 Each layer imports only the layers below it (and itself); nothing inside the package imports the
 package ``__init__``; the module import graph has no cycle; the model and the engine run without
-napari or Qt.
+napari or Qt. The command line, ``cli/``, sits above the engine beside ``layers``/``widget``:
+it imports only the engine and the model, never napari or Qt, and nothing but
+``napari_mobilesam.__main__`` imports it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / PACKAGE
 LAYERS = ("model", "engine", "layers", "widget")  # bottom to top
 GUI_ROOTS = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt"}
 QT_ROOTS = GUI_ROOTS - {"napari"}
+CLI = f"{PACKAGE}.cli"
+TOP = {PACKAGE, f"{PACKAGE}.__main__"}  # above every layer
 
 
 def _modules() -> dict[str, Path]:
@@ -60,11 +64,15 @@ def _layer(module: str) -> int | None:
     return LAYERS.index(parts[1])
 
 
+def _is_cli(module: str) -> bool:
+    return module == CLI or module.startswith(CLI + ".")
+
+
 MODULES = _modules()
 
 
 def test_every_module_sits_in_a_layer() -> None:
-    loose = [m for m in MODULES if m != PACKAGE and _layer(m) is None]
+    loose = [m for m in MODULES if m not in TOP and _layer(m) is None and not _is_cli(m)]
     assert loose == [], f"modules outside model/engine/layers/widget: {loose}"
 
 
@@ -80,10 +88,27 @@ def test_imports_go_downward_only(module: str) -> None:
             layer = _layer(target)
             if layer is not None and layer > own:
                 problems.append(f"imports {target} from a higher layer")
+            elif _is_cli(target):
+                problems.append(f"imports {target}: only __main__ imports the command line")
         elif root in GUI_ROOTS and own <= LAYERS.index("engine"):
             problems.append(f"imports {target}: the model and the engine have no napari or Qt")
         elif root in QT_ROOTS and own == LAYERS.index("layers"):
             problems.append(f"imports {target}: the napari bridge has no widgets")
+    assert problems == [], f"{module}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if _is_cli(m)] + [f"{PACKAGE}.__main__"])
+def test_cli_sits_on_the_engine(module: str) -> None:
+    problems = []
+    for target in _imports(module, MODULES[module]):
+        root = target.split(".")[0]
+        layer = _layer(target)
+        if target == PACKAGE:
+            problems.append("imports the package __init__ (import from the defining module)")
+        elif root == PACKAGE and layer is not None and layer > LAYERS.index("engine"):
+            problems.append(f"imports {target}: the command line uses the engine and model only")
+        elif root in GUI_ROOTS:
+            problems.append(f"imports {target}: the command line has no napari or Qt")
     assert problems == [], f"{module}: " + "; ".join(problems)
 
 
@@ -109,8 +134,9 @@ def test_no_import_cycles() -> None:
 
 
 def test_model_and_engine_import_without_napari_or_qt() -> None:
-    """In a fresh process, importing every model and engine module loads no GUI package."""
-    names = [m for m in MODULES if _layer(m) in (0, 1)]
+    """In a fresh process, importing every model, engine and command-line module loads no GUI
+    package."""
+    names = [m for m in MODULES if _layer(m) in (0, 1) or _is_cli(m)]
     code = (
         "import importlib, sys\n"
         f"for name in {names!r}:\n"

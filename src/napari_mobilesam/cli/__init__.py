@@ -1,0 +1,234 @@
+"""The ``napari-mobilesam`` command (also ``python -m napari_mobilesam``).
+
+Subcommands: ``weights``, ``export``, ``embed``, ``segment``, ``everything``; ``--help`` on each
+shows examples. This package parses arguments, finds inputs, reads prompt files and prints
+summaries; the work itself is :mod:`napari_mobilesam.engine.batch`. It imports neither napari nor
+Qt (napari's CSV files are read with ``csv``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+EXAMPLES = {
+    "embed": """
+        examples:
+          napari-mobilesam embed data/*.tif
+          napari-mobilesam embed stack.tif --planes 10:20 --scheduler local:4
+          napari-mobilesam embed experiment.zarr/0 --cache /scratch/emb --scheduler tcp://node1:8786
+        """,
+    "segment": """
+        examples:
+          napari-mobilesam segment cells.png --points "120,80;300,210" --out labels/
+          napari-mobilesam segment cells.tif --points points.csv --boxes shapes.csv --out labels/
+          napari-mobilesam segment stack.tif --points prompts.json --out labels/ --format zarr
+
+        points.csv / shapes.csv are what napari saves for a Points / Shapes layer (File > Save
+        Selected Layers); the Points layer's boolean 'positive' column marks background points.
+        Inline points may carry a label: "x,y,0" is a background point.
+        """,
+    "everything": """
+        examples:
+          napari-mobilesam everything images/ --out labels/
+          napari-mobilesam everything big.tif --tile-shape 1024,1024 --halo 64 --out labels/
+          napari-mobilesam everything volume.zarr --planes 0:50 --out labels/ --scheduler local:8
+        """,
+}
+
+MAIN_EPILOG = """
+examples:
+  napari-mobilesam weights                       # which weights file, download if needed
+  napari-mobilesam embed data/ --scheduler local:4
+  napari-mobilesam segment cells.png --points "120,80" --out labels/
+  napari-mobilesam everything data/*.tif --out labels/
+  napari-mobilesam export --help
+
+Each subcommand has --help. Exit code: 0 if nothing failed, 1 if some inputs failed (the summary
+says why), 2 for unusable arguments, 130 when interrupted.
+"""
+
+
+def _pair(kind: type, count: int, what: str):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"{what}: expected {count} numbers like {what}")
+        return values
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _scheduler(text: str) -> str:
+    from napari_mobilesam.engine.batch import parse_scheduler
+
+    try:
+        parse_scheduler(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    run = parser.add_argument_group("model and scheduling")
+    run.add_argument("--weights", help="mobile_sam.pt (default: environment, cache, download)")
+    run.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default auto)"
+    )
+    run.add_argument(
+        "--scheduler",
+        default="threads",
+        type=_scheduler,
+        help="threads (this process, default), local:N (N worker processes on this machine, "
+        "needs napari-mobilesam[distributed]) or tcp://host:port (a running dask scheduler)",
+    )
+    run.add_argument(
+        "--workers", type=_positive_int, help="threads for --scheduler threads (default: CPUs)"
+    )
+    run.add_argument(
+        "--scheduler-timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for a tcp:// scheduler (default 5)",
+    )
+    run.add_argument(
+        "--contrast-limits",
+        type=_pair(float, 2, "LO,HI"),
+        metavar="LO,HI",
+        help="intensities mapped to black and white (default: napari's for the data, so the "
+        "plugin finds the same embeddings)",
+    )
+    run.add_argument("--overwrite", action="store_true", help="redo work already done")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=textwrap.dedent(EXAMPLES.get(name, "")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (subcommands and their options)."""
+    parser = argparse.ArgumentParser(
+        prog="napari-mobilesam",
+        description="MobileSAM from the command line: embeddings, prompted and automatic "
+        "segmentation of images and stacks, in this process or on a dask cluster.",
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("weights", help="show which weights would be used; download them if needed")
+    sub.add_parser("export", help="export the model to ONNX (see export --help)", add_help=False)
+
+    embed = _add(sub, "embed", "precompute embeddings into the disk cache the plugin reads")
+    embed.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders, globs, zarr")
+    embed.add_argument("--cache", help="cache folder (default: the plugin's disk cache)")
+    embed.add_argument("--planes", metavar="A:B", help="only planes A..B-1 of stacks")
+    _common(embed)
+
+    segment = _add(sub, "segment", "segment one image from point and box prompts")
+    segment.add_argument("input", metavar="INPUT", help="an image file or zarr array")
+    segment.add_argument("--points", help='napari Points CSV, JSON, or "x,y;x,y"')
+    segment.add_argument("--boxes", help='napari Shapes CSV, or "x0,y0,x1,y1;..."')
+    segment.add_argument("--out", required=True, help="output folder")
+    segment.add_argument(
+        "--format", choices=("tif", "zarr", "npy"), help="(default tif; zarr for stacks)"
+    )
+    segment.add_argument(
+        "--single-mask",
+        action="store_true",
+        help="one candidate per object instead of the best of 3",
+    )
+    _common(segment)
+
+    everything = _add(sub, "everything", "automatic segmentation into label images / volumes")
+    everything.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="files, folders, globs, zarr"
+    )
+    everything.add_argument("--out", required=True, help="output folder")
+    everything.add_argument(
+        "--format", choices=("tif", "zarr", "npy"), help="(default tif; zarr for stacks)"
+    )
+    everything.add_argument(
+        "--points-per-side", type=_positive_int, default=32, metavar="N", help="grid (default 32)"
+    )
+    everything.add_argument(
+        "--tile-shape", type=_pair(int, 2, "H,W"), metavar="H,W", help="tile large images"
+    )
+    everything.add_argument(
+        "--halo", type=int, default=64, metavar="N", help="overlap of tiles in pixels (default 64)"
+    )
+    everything.add_argument("--planes", metavar="A:B", help="only planes A..B-1 of stacks")
+    _common(everything)
+    return parser
+
+
+def _export(argv: list[str]) -> int:
+    try:
+        from napari_mobilesam.engine.export import add_export_arguments, run_export
+    except ImportError:
+        print("export is not available in this version of napari-mobilesam.", file=sys.stderr)
+        return EXIT_USAGE
+    parser = argparse.ArgumentParser(prog="napari-mobilesam export")
+    add_export_arguments(parser)
+    return run_export(parser.parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # weights and export keep their own parsers: hand them everything after the name.
+    if argv[:1] == ["weights"]:
+        from napari_mobilesam.engine.weights import main as weights_main
+
+        return weights_main(argv[1:])
+    if argv[:1] == ["export"]:
+        return _export(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+
+    from napari_mobilesam.cli.commands import UserError, run_embed, run_everything, run_segment
+    from napari_mobilesam.engine.batch import SchedulerError
+    from napari_mobilesam.engine.batch_io import InputError
+
+    command = {"embed": run_embed, "segment": run_segment, "everything": run_everything}
+    try:
+        summary = command[args.command](args)
+    except (UserError, SchedulerError, InputError) as exc:
+        print(f"napari-mobilesam {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            f"napari-mobilesam {args.command}: interrupted. Finished outputs are kept and no "
+            "partial file is left; run the same command again to continue.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the model could not be built, a worker setup failed, ...
+        from napari_mobilesam.engine.batch import failure_reason
+
+        print(f"napari-mobilesam {args.command}: {failure_reason(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    summary.print()
+    return summary.exit_code()

@@ -1,0 +1,277 @@
+"""The subcommands that plan and run batch work: ``embed``, ``segment``, ``everything``.
+
+Each turns its arguments into :class:`~napari_mobilesam.engine.batch.Task`\\ s, skips what a
+previous run finished, runs the rest on the chosen scheduler and closes label volumes whose
+planes all finished. User errors raise :class:`UserError` (a message, exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from napari_mobilesam.cli.inputs import discover, duplicate_stems, parse_planes
+from napari_mobilesam.cli.prompts import (
+    PromptError,
+    Prompts,
+    check_inside,
+    group_objects,
+    read_boxes,
+    read_points,
+)
+from napari_mobilesam.cli.summary import Progress, Summary
+from napari_mobilesam.engine.batch import (
+    SKIPPED,
+    ModelSpec,
+    Task,
+    TaskReport,
+    run_tasks,
+)
+from napari_mobilesam.engine.batch_io import (
+    ImageSource,
+    InputError,
+    LabelVolume,
+    OutputError,
+    check_writable,
+    napari_contrast_limits,
+    output_path,
+    sweep_partials,
+)
+
+
+class UserError(Exception):
+    """Wrong arguments or inputs that stop the whole run; printed without a traceback."""
+
+
+@dataclass
+class Plan:
+    """The tasks of a run, what was already finished, and the volumes to close at the end."""
+
+    tasks: list[Task] = field(default_factory=list)
+    finals: list[Task] = field(default_factory=list)  # write each label volume at the end
+    folders: list[Path] = field(default_factory=list)  # where partial files may be left
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """Resolve the weights here (download if needed) so every worker gets the same file."""
+    from napari_mobilesam.engine.weights import WeightsDownloadError, resolve_weights
+
+    try:
+        weights = resolve_weights(args.weights, progressbar=not args.quiet)
+    except (FileNotFoundError, WeightsDownloadError) as exc:
+        raise UserError(str(exc)) from exc
+    return ModelSpec(str(Path(weights).resolve()), args.device, 1)
+
+
+def _limits(args: argparse.Namespace, source: ImageSource) -> tuple[float, float] | None:
+    """Given limits, or napari's default ones (None for a 2D image: the task computes them
+    from the pixels it reads anyway, so a folder of images is not read twice)."""
+    if args.contrast_limits is not None:
+        return args.contrast_limits
+    if not source.is_stack:
+        return None
+    return napari_contrast_limits(source)
+
+
+def _planes(args: argparse.Namespace, source: ImageSource) -> list[tuple[int, ...]]:
+    if not source.is_stack:
+        return [()]
+    wanted = set(parse_planes(getattr(args, "planes", None), source.leading_shape[0]))
+    return [p for p in source.planes() if p[0] in wanted]
+
+
+def _execute(
+    command: str, args: argparse.Namespace, plan: Plan, summary: Summary, unit: str
+) -> Summary:
+    """Run the plan with a progress bar, then write finished volumes; clean partial files."""
+    spec = model_spec(args)
+    progress = Progress(summary, len(plan.tasks) + len(plan.finals), unit, quiet=args.quiet)
+    try:
+        if plan.tasks or plan.finals:
+            run_tasks(
+                plan.tasks,
+                spec,
+                args.scheduler,
+                finals=plan.finals,
+                workers=args.workers,
+                on_report=progress,
+                connect_timeout_s=args.scheduler_timeout,
+            )
+    finally:
+        progress.close()
+        for folder in plan.folders:
+            sweep_partials(folder)
+    return summary
+
+
+def _skip(summary: Summary, task: Task) -> None:
+    summary.add(TaskReport(task.name, SKIPPED))
+
+
+def _discovered(args: argparse.Namespace, summary: Summary) -> list[ImageSource]:
+    found = discover(args.inputs)
+    for name, reason in found.refused:
+        summary.refuse(name, reason)
+    return found.sources
+
+
+def run_embed(args: argparse.Namespace) -> Summary:
+    """Fill the disk cache the plugin reads with the embeddings of images and stack planes."""
+    from napari_mobilesam.engine.disk_cache import default_cache_folder
+
+    summary = Summary("embed")
+    cache = Path(args.cache) if args.cache else default_cache_folder()
+    try:
+        check_writable(cache)
+    except OutputError as exc:
+        raise UserError(str(exc)) from exc
+    plan = Plan()
+    for source in _discovered(args, summary):
+        try:
+            options = {"cache": str(cache), "contrast_limits": _limits(args, source)}
+            planes = _planes(args, source)
+        except InputError as exc:
+            summary.refuse(source.name, str(exc))
+            continue
+        for plane in planes:
+            plan.tasks.append(
+                Task("embed", source, plane, options=options, overwrite=args.overwrite)
+            )
+    summary.notes.append(f"cache: {cache}")
+    return _execute("embed", args, plan, summary, "plane")
+
+
+def _prepare_out(args: argparse.Namespace) -> Path:
+    try:
+        return check_writable(args.out)
+    except OutputError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _label_tasks(
+    args: argparse.Namespace,
+    plan: Plan,
+    summary: Summary,
+    kind: str,
+    source: ImageSource,
+    planes: list[tuple[int, ...]],
+    options: dict,
+    per_plane: dict[tuple[int, ...], dict] | None = None,
+) -> None:
+    """Tasks writing a label image (2D) or the planes of a label volume (stack)."""
+    out = Path(args.out)
+    fmt = args.format or ("zarr" if source.is_stack else "tif")
+    if not source.is_stack:
+        task = Task(
+            kind,
+            source,
+            (),
+            output=str(output_path(out, source.stem, fmt)),
+            options=options,
+            overwrite=args.overwrite,
+        )
+        if not args.overwrite and Path(task.output).exists():
+            _skip(summary, task)
+        else:
+            plan.tasks.append(task)
+        return
+    shape = (*source.leading_shape, *source.plane_shape)
+    volume = LabelVolume(str(output_path(out, source.stem, fmt)), shape)
+    tasks = [
+        Task(
+            kind,
+            source,
+            p,
+            volume=volume,
+            options={**options, **(per_plane or {}).get(p, {})},
+            overwrite=args.overwrite,
+        )
+        for p in planes
+    ]
+    if volume.complete and not args.overwrite:
+        for task in tasks:
+            _skip(summary, task)
+        return
+    volume.prepare(overwrite=args.overwrite)
+    for task in tasks:
+        if not args.overwrite and volume.plane_done(task.plane):
+            _skip(summary, task)
+        else:
+            plan.tasks.append(task)
+    # Objects found plane by plane get 3D ids at the end (prompted objects keep their own).
+    link = kind == "everything" and len(source.leading_shape) == 1
+    plan.finals.append(Task("finish", source, volume=volume, options={"link": link}))
+    plan.folders.append(volume.done_folder)
+
+
+def _check_stems(sources: list[ImageSource], summary: Summary) -> list[ImageSource]:
+    clashes = duplicate_stems(sources)
+    for stem, names in clashes.items():
+        for name in names[1:]:
+            summary.refuse(name, f"its output name {stem!r} is also that of {names[0]}")
+    dropped = {n for names in clashes.values() for n in names[1:]}
+    return [s for s in sources if s.name not in dropped]
+
+
+def run_segment(args: argparse.Namespace) -> Summary:
+    """Label image (or volume planes) from point and box prompts of one input."""
+    summary = Summary("segment")
+    out = _prepare_out(args)
+    found = discover([args.input])
+    if found.refused:
+        raise UserError("; ".join(reason for _, reason in found.refused))
+    if len(found.sources) != 1:
+        raise UserError(f"segment takes one image; {args.input} names {len(found.sources)}")
+    source = found.sources[0]
+    ndim = len(source.shape) - (1 if source.rgb else 0)
+    prompts = Prompts()
+    try:
+        if args.points:
+            read_points(args.points, prompts, ndim)
+        if args.boxes:
+            read_boxes(args.boxes, prompts, ndim)
+        if source.is_stack and () in prompts.planes():
+            raise PromptError(
+                "inline prompts have no plane; for a stack, use napari's CSV (axis-0 is the "
+                "plane) or a JSON file with 'plane'"
+            )
+        check_inside(prompts, (*source.leading_shape, *source.plane_shape), source.plane_shape)
+    except PromptError as exc:
+        raise UserError(str(exc)) from exc
+    per_plane = {p: {"objects": group_objects(prompts, p)} for p in prompts.planes()}
+    per_plane = {p: v for p, v in per_plane.items() if v["objects"]}
+    if not per_plane:
+        raise UserError("no object to segment: give a positive point or a box (--points/--boxes)")
+    try:
+        options = {"contrast_limits": _limits(args, source), "multimask": not args.single_mask}
+    except InputError as exc:
+        raise UserError(str(exc)) from exc
+    plan = Plan(folders=[out])
+    planes = sorted(per_plane) if source.is_stack else [()]
+    if not source.is_stack:
+        options.update(per_plane[()])
+    _label_tasks(args, plan, summary, "segment", source, planes, options, per_plane)
+    sweep_partials(out)
+    return _execute("segment", args, plan, summary, "image")
+
+
+def run_everything(args: argparse.Namespace) -> Summary:
+    """Automatic segmentation of images and stacks into label images and label volumes."""
+    summary = Summary("everything")
+    out = _prepare_out(args)
+    sweep_partials(out)
+    generator: dict = {"points_per_side": args.points_per_side}
+    if args.tile_shape is not None:
+        generator["tile_shape"] = args.tile_shape
+        generator["halo"] = args.halo
+    plan = Plan(folders=[out])
+    for source in _check_stems(_discovered(args, summary), summary):
+        try:
+            options = {"contrast_limits": _limits(args, source), "generator": generator}
+            planes = _planes(args, source)
+        except InputError as exc:
+            summary.refuse(source.name, str(exc))
+            continue
+        _label_tasks(args, plan, summary, "everything", source, planes, options)
+    return _execute("everything", args, plan, summary, "plane")
