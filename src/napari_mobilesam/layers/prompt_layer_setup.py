@@ -69,6 +69,12 @@ def set_new_points_positive(points: Points, positive: bool) -> None:
     # Only the feature default changes: setting ``current_face_color`` would also recolour the
     # selected points and switch the layer from feature-driven to direct colours.
     points.feature_defaults = {POSITIVE_FEATURE: bool(positive)}
+    if points.face_color_mode == "cycle":
+        # The layer controls' face-colour swatch shows ``current_face_color``, which napari
+        # stops deriving from the defaults once the layer has points; set it so the swatch
+        # shows the colour the next point gets, without touching the selected points.
+        with points.block_update_properties():
+            points.current_face_color = POSITIVE_COLOUR if positive else NEGATIVE_COLOUR
 
 
 def flip_points(points: Points, indices: Iterable[int]) -> None:
