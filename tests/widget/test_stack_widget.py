@@ -111,6 +111,11 @@ def test_stop_marker_and_plane_range(dock, blobs):
     ids = widget.propagate()
     planes = sorted(set(np.nonzero(labels_of(widget).data == ids[0])[0]))
     assert planes == list(range(6, 13))
+    # The status line says how far each way went and why it stopped, until the next action.
+    status = widget._status_label.value
+    assert "object 1: planes 6-12 (2 up, 4 down)" in status
+    assert "up: stop marker on plane 13" in status
+    assert "down: end of plane range" in status
 
 
 def test_propagation_worker_and_cancel(dock, blobs, qtbot):
@@ -127,7 +132,7 @@ def test_propagation_worker_and_cancel(dock, blobs, qtbot):
         qtbot.wait(60)
         widget.cancel()
     assert widget.labels_layer is None or not widget.labels_layer.data.any()
-    assert "cancelled" in widget.stack.panel._stack_status.value
+    assert "cancelled" in widget._status_label.value
     # Run again and let it finish: Shift+P goes through the same worker path.
     widget.segment()
     widget.stack.start_propagation()
@@ -158,7 +163,7 @@ def test_propagate_without_an_object_says_what_to_do(dock, blobs):
         widget.propagate()
     widget.stack.start_propagation()  # from the UI: a message, no exception, no worker
     assert widget.stack.worker is None
-    assert "Segment the object" in widget.stack.panel._stack_status.value
+    assert "Segment the object" in widget._status_label.value
 
 
 def test_axis_choices_follow_the_image(dock):

@@ -407,3 +407,83 @@ def test_live_preview_follows_the_plane_and_contrast(make_napari_viewer) -> None
 
     viewer.layers.remove(image)  # the preview of a removed image goes with it
     assert preview not in viewer.layers
+
+
+def fake_dock(make_napari_viewer, data: np.ndarray):
+    """A docked widget with an instant stand-in model, run in the UI thread."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(data, contrast_limits=(0, 100))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    widget.use_predictor(FakePredictor(), None, "cpu")
+    widget.synchronous = True
+    return viewer, image, widget
+
+
+def test_the_last_outcome_stays_until_the_next_action(make_napari_viewer) -> None:
+    viewer, image, widget = fake_dock(make_napari_viewer, np.zeros((30, 40), np.uint16))
+    points, shapes = widget.create_prompt_layers()
+    # Two overlapping boxes committed into a new layer: the overlap is not "existing labels".
+    shapes.add_rectangles(np.array([[[2, 2], [2, 12], [12, 12], [12, 2]]]))
+    shapes.add_rectangles(np.array([[[8, 8], [8, 20], [20, 20], [20, 8]]]))
+    widget._timer.timeout.emit()
+    assert len(widget.objects) == 2
+
+    press(viewer, KEY_COMMIT)
+    widget._timer.timeout.emit()  # the run after the prompts were used up finds nothing
+
+    status = widget._status_label.value
+    assert status.startswith("committed id(s) [1, 2]")
+    assert "existing labels" not in status
+    assert "25 overlapping pixel(s) went to the earlier object" in status
+    viewer.dims.ndisplay = 2  # other viewer events re-run too: the outcome stays
+    widget._timer.timeout.emit()
+    assert widget._status_label.value == status
+
+    points.add([[5, 5]])  # the next action replaces it
+    widget._timer.timeout.emit()
+    assert widget._status_label.value == "1 object(s) on this plane"
+
+
+def test_changing_the_image_retargets_the_labels_choice(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(np.zeros((4, 20, 30), np.uint8), name="stack")
+    stack_labels = viewer.add_layer(create_aligned_labels(stack))
+    cell = viewer.add_image(np.zeros((25, 35), np.uint8), name="cell")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+
+    widget.set_image_layer(stack)
+    assert widget.labels_layer is stack_labels
+    widget.set_image_layer(cell)  # the stack's labels do not fit: "create new"
+    assert widget.labels_layer is None
+    other = viewer.add_labels(np.zeros((25, 35), np.uint32), name="other")
+    cell_labels = viewer.add_layer(create_aligned_labels(cell))  # "cell labels"
+    widget.set_image_layer(stack)
+    assert widget.labels_layer is stack_labels
+    widget.set_image_layer(cell)  # both fit; the one named after the image wins
+    assert widget.labels_layer is cell_labels
+    widget.set_labels_layer(other)
+    widget.set_image_layer(cell)  # a choice that fits is kept
+    assert widget.labels_layer is other
+
+
+def test_point_colours_follow_the_widget_state(make_napari_viewer) -> None:
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((30, 40), np.uint8))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    points, _ = widget.create_prompt_layers()
+    points.add([[3, 4]])
+    press(viewer, KEY_TOGGLE_POLARITY)
+    assert not widget.new_points_positive
+    assert points.current_face_color == "magenta"  # the layer controls' swatch
+    points.add([[6, 7]])
+    press(viewer, KEY_TOGGLE_POLARITY)
+    assert widget.new_points_positive and points.current_face_color == "lime"
+
+    points.selected_data = {1}  # napari: new points now copy the selected (negative) one
+    assert not widget.new_points_positive
+    assert widget._polarity_combo.value == "negative (background)"
+    points.selected_data = set()
+    press(viewer, KEY_TOGGLE_POLARITY)
+    points.add([[9, 9]])
+    assert points.features["positive"].tolist() == [True, False, True]
+    assert points.current_face_color == "lime"

@@ -1,7 +1,11 @@
 """The controls of the MobileSAM dock widget and the values they hold.
 
-:class:`MobileSAMControls` only builds the controls and exposes their values and setters;
-:class:`napari_mobilesam.widget.dock_widget.MobileSAMWidget` adds the behaviour.
+:class:`MobileSAMControls` only builds the controls, lays them out in sections and exposes their
+values and setters; :class:`napari_mobilesam.widget.dock_widget.MobileSAMWidget` adds the
+behaviour.
+
+Top to bottom: the layers-and-prompts section, the action buttons, the status lines (always in
+view), the model section, the panels the widget adds (3D, ...), and the Keys section.
 """
 
 from __future__ import annotations
@@ -13,97 +17,145 @@ from typing import Any
 import napari
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 from napari.layers import Image, Labels, Layer, Points, Shapes
+from qtpy.QtWidgets import QGridLayout, QWidget
 
 from napari_mobilesam.engine.predictor_loader import DEVICE_CHOICES, weights_path
+from napari_mobilesam.widget.sections import FormSection, ScrollColumn, breakable, wrapping_label
 
 POSITIVE_CHOICE = "positive (object)"
 NEGATIVE_CHOICE = "negative (background)"
 CREATE_NEW = "create new"
 NO_LAYER = "none"
 
-# Short lines keep the dock narrow, leaving the width to the canvas.
-HELP_TEXT = (
-    "Points layer (add mode): click an object;\n"
-    "negative points mark background.\n"
-    "Boxes layer: draw rectangles (R). Points\n"
-    "inside a box refine that box's object;\n"
-    "points outside all boxes are one more object.\n"
-    "N  new points positive / negative\n"
-    "J  next candidate mask\n"
-    "K  commit (one undo step)\n"
-    "Shift+R  clear this plane's prompts"
+# The Keys section: (key, what it does). The keys themselves are bound by the dock widget.
+KEY_HELP = (
+    ("click", "add a point (add mode)"),
+    ("R", "draw a box (boxes)"),
+    ("N", "object / background"),
+    ("J", "next candidate mask"),
+    ("K", "commit (one undo step)"),
+    ("Shift+R", "clear this plane"),
+    ("Shift+P", "propagate (3D)"),
+)
+
+PROMPTS_HELP = (
+    "Points layer (add mode): click an object; negative points mark background.\n"
+    "Boxes layer: draw rectangles (R). Points inside a box refine that box's object;\n"
+    "points outside all boxes are one more object."
 )
 
 
 class MobileSAMControls(Container):
     """Layer choices, model settings, switches, buttons and read-outs of the widget."""
 
+    # Set by the dock widget once it is torn down; its Qt controls may be gone by then.
+    _closed = False
+
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
+        self.margins = (0, 0, 0, 0)
         self.viewer = viewer
-        self._image_combo = ComboBox(label="image", choices=self._choices(Image))
-        self._points_combo = ComboBox(label="points", choices=self._choices(Points, NO_LAYER))
-        self._shapes_combo = ComboBox(label="boxes", choices=self._choices(Shapes, NO_LAYER))
-        self._labels_combo = ComboBox(label="labels", choices=self._choices(Labels, CREATE_NEW))
-        self._make_prompts_button = PushButton(text="Create prompt layers")
+        self._image_combo = ComboBox(choices=self._choices(Image))
+        self._points_combo = ComboBox(choices=self._choices(Points, NO_LAYER))
+        self._shapes_combo = ComboBox(choices=self._choices(Shapes, NO_LAYER))
+        self._labels_combo = ComboBox(
+            choices=self._choices(Labels, CREATE_NEW),
+            tooltip="Commits go here; 'create new' adds a Labels layer aligned to the image.",
+        )
+        self._make_prompts_button = PushButton(text="Create prompt layers", tooltip=PROMPTS_HELP)
         self._polarity_combo = ComboBox(
-            label="new points", choices=[POSITIVE_CHOICE, NEGATIVE_CHOICE]
+            choices=[POSITIVE_CHOICE, NEGATIVE_CHOICE], tooltip="N switches between the two."
         )
         # Nullable: an empty field reads as None (a plain FileEdit would read as the cwd).
         self._weights_edit = FileEdit(
-            label="weights", mode="r", filter="MobileSAM weights (*.pt *.pth)", nullable=True
-        )
-        # Says which weights file will be used and why (field, environment, cache, download).
-        self._weights_warning = Label(value="")
-        self._device_combo = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+            mode="r", filter="MobileSAM weights (*.pt *.pth)", nullable=True,
+            tooltip="Empty: the environment variable, the cache, then a download.",
+        )  # fmt: skip
+        self._device_combo = ComboBox(choices=list(DEVICE_CHOICES), value="auto")
         self._live_check = CheckBox(text="live preview", value=True)
-        self._multimask_check = CheckBox(text="multimask (3 candidates)", value=True)
+        self._multimask_check = CheckBox(text="multimask (3 candidates, J)", value=True)
         self._protect_check = CheckBox(text="protect existing labels", value=True)
-        self._segment_button = PushButton(text="Segment")
-        self._commit_button = PushButton(text="Commit")
-        self._cancel_button = PushButton(text="Cancel")
-        self._reset_button = PushButton(text="Reset")
-        buttons = Container(
-            layout="horizontal",
-            labels=False,
-            widgets=[
-                self._segment_button,
-                self._commit_button,
-                self._cancel_button,
-                self._reset_button,
-            ],
+        self._segment_button = PushButton(text="Segment", tooltip="Segment this plane now.")
+        self._commit_button = PushButton(
+            text="Commit", tooltip="Write the objects into the labels layer (K)."
         )
-        self._status_label = Label(label="status", value="ready")
-        # Long status messages wrap instead of widening the dock and squeezing the canvas.
-        self._status_label.native.setWordWrap(True)
-        self._device_label = Label(label="device", value="not loaded yet")
-        self._timing_label = Label(label="timing", value="-")
-        self._scores_label = Label(label="scores", value="-")
-        self._help_label = Label(value=HELP_TEXT)
-        self.extend(
+        self._cancel_button = PushButton(text="Cancel", tooltip="Stop the running work.")
+        self._reset_button = PushButton(
+            text="Reset", tooltip="Remove this plane's prompts (Shift+R)."
+        )
+        # Read-outs: long texts wrap instead of widening the dock and squeezing the canvas.
+        self._status_label = wrapping_label("ready")
+        self._scores_label = wrapping_label("-")
+        self._device_label = wrapping_label("not loaded yet")
+        self._timing_label = wrapping_label("-")
+        # Says which weights file will be used and why (field, environment, cache, download).
+        self._weights_warning = wrapping_label("")
+
+        self.prompts_section = FormSection("Layers and prompts")
+        self.prompts_section.add_rows(
             [
-                self._image_combo,
-                self._points_combo,
-                self._shapes_combo,
-                self._make_prompts_button,
-                self._polarity_combo,
-                self._labels_combo,
-                self._weights_edit,
-                self._weights_warning,
-                self._device_combo,
-                self._live_check,
-                self._multimask_check,
-                self._protect_check,
-                buttons,
-                self._status_label,
-                self._device_label,
-                self._timing_label,
-                self._scores_label,
-                self._help_label,
+                ("image", self._image_combo),
+                ("points", self._points_combo),
+                ("boxes", self._shapes_combo),
+                (None, self._make_prompts_button),
+                ("new points", self._polarity_combo),
+                ("labels", self._labels_combo),
+                (None, self._live_check),
+                (None, self._multimask_check),
+                (None, self._protect_check),
             ]
         )
+        self.status_section = FormSection("Status", collapsible=False)
+        self.status_section.add_rows(
+            [
+                ("status", self._status_label),
+                ("scores", self._scores_label),
+                ("device", self._device_label),
+                ("timing", self._timing_label),
+                ("weights", self._weights_warning),
+            ]
+        )
+        self.model_section = FormSection("Model")
+        self.model_section.add_rows(
+            [("weights", self._weights_edit), ("device", self._device_combo)]
+        )
+        self.keys_section = FormSection("Keys", expanded=False)
+        self.keys_section.add_rows((key, Label(value=text)) for key, text in KEY_HELP)
+
+        self._sections: list[FormSection] = []
+        self._column = ScrollColumn()
+        self.native.layout().addWidget(self._column)
+        self.add_section(self.prompts_section)
+        self._column.add(_button_grid(
+            self._segment_button, self._commit_button, self._cancel_button, self._reset_button
+        ))  # fmt: skip
+        self.add_section(self.status_section)
+        self.add_section(self.model_section)
+
         self._weights_edit.changed.connect(self._update_weights_warning)
         self._update_weights_warning()
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def sections(self) -> list[FormSection]:
+        """The widget's sections, top to bottom."""
+        return list(self._sections)
+
+    def add_section(self, section: FormSection) -> None:
+        """Append ``section`` to the column; its labels line up with the other sections'."""
+        self._sections.append(section)
+        self._column.add(section)
+
+    def finish_layout(self) -> None:
+        """Add the Keys section last."""
+        self.add_section(self.keys_section)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Refresh every layer choice (the viewer's layers changed)."""
+        if self._closed:
+            return  # napari may still call this after its window (and the combo boxes) went
+        for section in self._sections:
+            section.reset_choices()
 
     def _choices(self, kind: type[Layer], empty: str | None = None) -> Callable[[Any], list]:
         """Choices callable for a layer combo box: the viewer's layers of one type."""
@@ -124,7 +176,7 @@ class MobileSAMControls(Container):
         return None
 
     def _update_weights_warning(self, *_: Any) -> None:
-        self._weights_warning.value = weights_status(self.weights)
+        self._weights_warning.value = breakable(weights_status(self.weights))
 
     def _set_combo(self, combo: ComboBox, layer: Layer | None) -> None:
         if layer is not None and layer not in self.viewer.layers:
@@ -223,15 +275,25 @@ class MobileSAMControls(Container):
 
 
 def weights_status(path: Path | None) -> str:
-    """One or two lines for the widget: which weights will be used, or what is wrong."""
+    """One line for the widget: which weights will be used, or what is wrong."""
     from napari_mobilesam.engine.weights import WEIGHTS_SIZE, describe_resolution
 
     try:
         source = describe_resolution(path)
     except (OSError, RuntimeError) as exc:
-        return f"weights: {exc}".split("\n")[0]
+        return str(exc).split("\n")[0]
     if source.needs_download:
-        return f"weights: will download mobile_sam.pt\n({WEIGHTS_SIZE / 1e6:.1f} MB) on first use"
+        return f"will download mobile_sam.pt ({WEIGHTS_SIZE / 1e6:.1f} MB) on first use"
     if source.kind == "explicit path":
-        return ""
-    return f"weights: {source.kind}\n{source.path}"
+        return f"{source.path.name} (the file chosen under Model)"
+    return f"{source.kind}: {source.path}"
+
+
+def _button_grid(*buttons: PushButton, columns: int = 2) -> QWidget:
+    """The action buttons in a grid: one row of four would set the dock's minimum width."""
+    grid = QWidget()
+    layout = QGridLayout(grid)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for index, button in enumerate(buttons):
+        layout.addWidget(button.native, index // columns, index % columns)
+    return grid

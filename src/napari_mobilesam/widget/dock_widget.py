@@ -8,11 +8,17 @@ newest prompts always win.
 
 The scripting methods (:meth:`MobileSAMWidget.segment`, :meth:`~MobileSAMWidget.commit`, ...)
 run synchronously in the calling thread.
+
+Worker errors are shown once, in the status line and as a notification; they are never re-raised
+into the Qt event loop. The widget tears itself down (stops its workers, unbinds its keys,
+disconnects from the viewer) when it is closed, taken out of its dock, or when napari's main
+window closes.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Generator
 from functools import partial
 from pathlib import Path
@@ -24,12 +30,13 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QMainWindow, QWidget
 
 from napari_mobilesam.engine.embedding_cache import EmbeddingCache
 from napari_mobilesam.engine.predictor_loader import PredictorLoader
 from napari_mobilesam.layers.labels_writer import LabelsError, check_target, create_aligned_labels
 from napari_mobilesam.layers.layer_prompts import PlanePrompts
-from napari_mobilesam.layers.plane import PlaneError, PlaneRef
+from napari_mobilesam.layers.plane import PlaneError, PlaneRef, spatial_shape
 from napari_mobilesam.layers.preview_layer import PreviewManager, add_keeping_selection
 from napari_mobilesam.layers.prompt_layer_setup import (
     make_points_layer,
@@ -49,6 +56,7 @@ from napari_mobilesam.layers.segment import (
 )
 from napari_mobilesam.widget import status_text
 from napari_mobilesam.widget.controls import MobileSAMControls
+from napari_mobilesam.widget.sections import breakable
 from napari_mobilesam.widget.stack_runner import KEY_PROPAGATE, StackRunner
 from napari_mobilesam.widget.worker_steps import locked_steps, model_steps
 
@@ -66,16 +74,43 @@ _UNFINISHED_ACTIONS = {"adding", "removing", "changing"}
 
 
 class _CloseWatcher(QObject):
-    """Calls back when the widget is closed or taken out of its dock."""
+    """Calls back when the widget is closed, taken out of its dock, or its main window goes.
 
-    def __init__(self, callback: Callable[[], None], parent: QObject) -> None:
-        super().__init__(parent)
+    The main window is watched from the moment the widget is found inside one (docking, showing
+    or starting a run). Its close is taken as final when the window is about to be deleted
+    (napari's main window deletes itself on close), or at once for a close from code
+    (``viewer.close()``); a close by the user can still be cancelled in napari's dialog.
+    """
+
+    def __init__(self, callback: Callable[[], None], widget: QWidget) -> None:
+        super().__init__(widget)
         self._callback = callback
+        self._widget = widget
+        # A weak reference: the watcher must not keep napari's window (and viewer) alive.
+        self._window: weakref.ref[QWidget] | None = None
+        widget.installEventFilter(self)
+
+    def watch_window(self) -> None:
+        """Also watch the main window the widget is in now (if it is in one)."""
+        window = self._widget.window()
+        watched = self._window() if self._window is not None else None
+        if isinstance(window, QMainWindow) and window is not watched:
+            if watched is not None:
+                watched.removeEventFilter(self)
+            self._window = weakref.ref(window)
+            window.installEventFilter(self)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
         kind = event.type()
-        if kind == QEvent.Type.Close or (
-            kind == QEvent.Type.ParentChange and watched.parent() is None
+        if watched is self._widget:
+            if kind == QEvent.Type.Close or (
+                kind == QEvent.Type.ParentChange and watched.parent() is None
+            ):
+                self._callback()
+            elif kind in (QEvent.Type.ParentChange, QEvent.Type.Show):
+                self.watch_window()
+        elif kind == QEvent.Type.DeferredDelete or (
+            kind == QEvent.Type.Close and not event.spontaneous()
         ):
             self._callback()
         return False
@@ -124,16 +159,21 @@ class MobileSAMWidget(MobileSAMControls):
         self._bound_keys: list[str] = []
         self._closed = False
         self._download_bar: Any = None
-        # The 3D section sits above the status lines.
-        self.stack = StackRunner(self)
-        self.insert(self.index(self._status_label), self.stack.panel)
+        self._outcome_shown = False
+        self._linked_image: Image | None = None
+        image = self.image_layer
+        self.stack = StackRunner(self, expanded=image is not None and len(spatial_shape(image)) > 2)
+
+        # Sections below the model settings, top to bottom: each panel (a FormSection) is one
+        # add_section line here; finish_layout adds the Keys section and aligns all labels.
+        self.add_section(self.stack.panel)
+        self.finish_layout()
 
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._start_run)
         self._watcher = _CloseWatcher(self._teardown, self.native)
-        self.native.installEventFilter(self._watcher)
 
         self._connect_controls()
         self._connect_viewer()
@@ -247,7 +287,7 @@ class MobileSAMWidget(MobileSAMControls):
         if self._worker is not None:
             self._generation += 1
             self._worker.quit()
-            self._set_status("cancelled")
+            self._set_status("cancelled", outcome=True)
 
     def reset(self) -> None:
         """Remove the prompts on the current plane and clear the preview."""
@@ -320,6 +360,10 @@ class MobileSAMWidget(MobileSAMControls):
             self.viewer.bind_key(key, handler, overwrite=True)
             self._bound_keys.append(key)
 
+    def _watch_window(self) -> None:
+        """Tear down with the main window too (called when work starts; showing also does)."""
+        self._watcher.watch_window()
+
     def _teardown(self) -> None:
         """Unbind keys, disconnect events, stop work and remove the preview (runs once)."""
         if self._closed:
@@ -335,6 +379,7 @@ class MobileSAMWidget(MobileSAMControls):
         self._bound_keys.clear()
         self._unwatch(self._viewer_connections)
         self._unwatch(self._layer_connections)
+        self._show_download(None)
         self._preview.remove()
 
     def _on_layers_changed(self, event: Any = None) -> None:
@@ -363,11 +408,45 @@ class MobileSAMWidget(MobileSAMControls):
                 self._watch(self._layer_connections, layer.events.data, self._on_prompt_event)
         if points is not None:
             self._watch(self._layer_connections, points.events.features, self._on_prompt_event)
-            self.new_points_positive = new_points_positive(points)
+            # napari changes the defaults too: selecting a point makes new points copy it.
+            self._watch(
+                self._layer_connections, points.events.feature_defaults, self._on_points_defaults
+            )
+            self._on_points_defaults()
+        if image is not self._linked_image:
+            self._linked_image = image
+            self._retarget_labels(image)
         if image is None or self._preview.image_id != str(image.unique_id):
             self._forget_objects()
         self.stack.refresh_axes()
         self._invalidate()
+
+    def _retarget_labels(self, image: Image | None) -> None:
+        """Another image: keep the labels choice if it fits it, else pick a Labels layer that
+        does (the one named after the image first), else "create new"."""
+        if image is None:
+            return
+
+        def fits(layer: Labels) -> bool:
+            try:
+                check_target(layer, image)
+            except LabelsError:
+                return False
+            return True
+
+        current = self.labels_layer
+        if current is not None and fits(current):
+            return
+        candidates = [layer for layer in self._labels_combo.choices if layer is not None]
+        candidates.sort(key=lambda layer: layer.name != f"{image.name} labels")
+        self._labels_combo.value = next((layer for layer in candidates if fits(layer)), None)
+
+    def _on_points_defaults(self, event: Any = None) -> None:
+        """Show the polarity the points layer gives new points (a change of the choice also
+        sets the layer's colour swatch, in _on_polarity_choice)."""
+        points = self.points_layer
+        if points is not None:
+            self.new_points_positive = new_points_positive(points)
 
     def _on_image_data(self, event: Any = None) -> None:
         image = self.image_layer
@@ -482,7 +561,11 @@ class MobileSAMWidget(MobileSAMControls):
         self._set_status("encoding this plane..." if encoding else "decoding...")
         steps = self._model_steps(request)
         self.stack.pause_for_interactive()  # the click wins over background precompute
-        worker = create_worker(locked_steps, self._model_lock, steps, _start_thread=False)
+        self._watch_window()
+        # Errors are reported by _on_error only: not re-raised into the Qt event loop.
+        worker = create_worker(
+            locked_steps, self._model_lock, steps, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(partial(self._on_progress, generation))
         worker.returned.connect(partial(self._apply, generation, request))
         worker.errored.connect(self._on_error)
@@ -510,6 +593,8 @@ class MobileSAMWidget(MobileSAMControls):
             self._worker.quit()
 
     def _on_progress(self, generation: int, progress: Progress) -> None:
+        if self._closed:
+            return
         if progress.stage == "model":
             self._show_device()
         if generation != self._generation:
@@ -535,15 +620,18 @@ class MobileSAMWidget(MobileSAMControls):
 
     def _on_error(self, exc: Exception) -> None:
         # napari's worker classes do not relay errors or warnings to the notification area
-        # (their notifying mixin never gets initialised), so the widget does it.
+        # (their notifying mixin never gets initialised), so the widget does it, once.
         self._show_download(None)
+        if self._closed:
+            return
         self._commit_requested = False
-        self._set_status(f"error: {exc}")
+        self._set_status(f"error: {exc}", outcome=True)
         show_error(f"MobileSAM: {exc}")
 
     def _on_warned(self, show_warning_args: tuple) -> None:
         """A warning raised in the worker (e.g. the fall-back from a failed GPU)."""
-        show_warning(f"MobileSAM: {show_warning_args[0]}")
+        if not self._closed:
+            show_warning(f"MobileSAM: {show_warning_args[0]}")
 
     def _on_finished(self, worker: GeneratorWorker) -> None:
         self._show_download(None)
@@ -581,7 +669,10 @@ class MobileSAMWidget(MobileSAMControls):
         timing = status_text.timing(result)
         if timing is not None:
             self._timing_label.value = timing
-        self._set_status(status_text.run_summary(len(self._objects), request.prompts))
+        if request.prompts.groups or not self._outcome_shown or _has_skipped(request.prompts):
+            # A run with nothing to segment (the prompts were just used up by a commit, or
+            # another plane is shown) leaves the last outcome in view.
+            self._set_status(status_text.run_summary(len(self._objects), request.prompts))
         self._show_device()
         if self._commit_requested:
             self._commit_requested = False
@@ -595,11 +686,11 @@ class MobileSAMWidget(MobileSAMControls):
             self._commit_now()
         except (LabelsError, PlaneError, ValueError) as exc:
             show_warning(f"MobileSAM: {exc}")
-            self._set_status(f"not committed: {exc}")
+            self._set_status(f"not committed: {exc}", outcome=True)
 
     def _commit_now(self) -> list[int]:
         if not self._objects:
-            self._set_status("nothing to commit")
+            self._set_status("nothing to commit", outcome=True)
             return []
         image = self._require_image()
         labels = self._target_labels(image)
@@ -621,7 +712,7 @@ class MobileSAMWidget(MobileSAMControls):
         """Report a commit, then clear the objects and remove the prompts that made them."""
         prompts = self._prompts
         show_info(f"MobileSAM: {message}")
-        self._set_status(message)
+        self._set_status(message, outcome=True)
         self._forget_objects()
         if prompts is not None:
             used_shapes = tuple(g.shape_index for g in prompts.groups if g.shape_index is not None)
@@ -654,11 +745,26 @@ class MobileSAMWidget(MobileSAMControls):
         self._preview.clear()
         self._scores_label.value = "-"
 
-    def _set_status(self, text: str) -> None:
-        self._status_label.value = text
+    def _set_status(self, text: str, outcome: bool = False) -> None:
+        """Show ``text`` in the status line. An ``outcome`` (a commit, a propagation, an error)
+        stays until the next action, instead of being replaced by "0 object(s)"."""
+        if self._closed:
+            return
+        self._status_label.value = breakable(text)
+        self._outcome_shown = outcome
 
     def _show_device(self) -> None:
         if self.loader.device is not None:
             path = self.loader.source
             source = "random weights" if path is None else path.name
             self._device_label.value = f"{self.loader.device} ({source})"
+
+
+def _has_skipped(prompts: PlanePrompts) -> bool:
+    """Whether some prompts on the plane were ignored (the status line says why)."""
+    return bool(
+        prompts.skipped_shapes
+        or prompts.skipped_negative_points
+        or prompts.skipped_outside_points
+        or prompts.skipped_outside_shapes
+    )

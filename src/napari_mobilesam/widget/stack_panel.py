@@ -4,67 +4,65 @@ from __future__ import annotations
 
 from typing import Any
 
-from magicgui.widgets import (
-    CheckBox,
-    ComboBox,
-    Container,
-    FloatSpinBox,
-    Label,
-    PushButton,
-    SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 
 from napari_mobilesam.engine.propagation import PROMPT_MODES, PropagationSettings
+from napari_mobilesam.widget.sections import FormSection
 
 AUTO_AXIS = "auto (Z)"
 
 
-class StackPanel(Container):
-    """The 3D controls; the widget owns the work they start."""
+class StackPanel(FormSection):
+    """The 3D controls; the widget owns the work they start (its messages go to the status line)."""
 
-    def __init__(self) -> None:
-        super().__init__(labels=True)
+    def __init__(self, expanded: bool = False) -> None:
+        super().__init__("3D stack", expanded=expanded)
         defaults = PropagationSettings()
-        self._axis_combo = ComboBox(label="walk axis", choices=[(AUTO_AXIS, None)], value=None)
+        self._axis_combo = ComboBox(choices=[(AUTO_AXIS, None)], value=None)
         self._range_spin = SpinBox(
-            label="planes each way", value=0, min=0, max=100_000,
-            tooltip="Stop after this many planes up and down (0: no limit).",
+            value=0, min=0, max=100_000,
+            tooltip="Walk at most this many planes up and down (0: no limit).",
         )  # fmt: skip
         self._iou_spin = FloatSpinBox(
-            label="min IoU", value=defaults.min_iou, min=0.0, max=1.0, step=0.05,
+            value=defaults.min_iou, min=0.0, max=1.0, step=0.05,
             tooltip="Stop where the mask overlaps the previous plane's less than this.",
         )  # fmt: skip
         self._area_spin = FloatSpinBox(
-            label="max area change", value=defaults.max_area_ratio, min=1.0, max=100.0, step=0.5,
-            tooltip="Stop where the area grows or shrinks by more than this factor.",
+            value=defaults.max_area_ratio, min=1.0, max=100.0, step=0.5,
+            tooltip="Stop where the area grows or shrinks by more than this factor (max).",
         )  # fmt: skip
         self._empty_spin = SpinBox(
-            label="empty planes", value=defaults.max_empty, min=1, max=100,
+            value=defaults.max_empty, min=1, max=100,
             tooltip="Stop after this many empty planes in a row.",
         )  # fmt: skip
         self._prompt_combo = ComboBox(
-            label="next-plane prompt", choices=list(PROMPT_MODES), value=defaults.prompt
+            choices=list(PROMPT_MODES), value=defaults.prompt,
+            tooltip="What each next plane is prompted with, from the previous plane's mask.",
+        )  # fmt: skip
+        self._propagate_button = PushButton(
+            text="Propagate through stack (Shift+P)",
+            tooltip="Follow the previewed objects up and down the stack; one undo step.",
         )
-        self._propagate_button = PushButton(text="Propagate through stack (Shift+P)")
-        self._precompute_button = PushButton(text="Precompute embeddings")
+        self._precompute_button = PushButton(
+            text="Precompute embeddings",
+            tooltip="Encode the planes nearest this one in the background; clicks go first.",
+        )
         self._disk_check = CheckBox(
             text="keep embeddings on disk",
             value=False,
             tooltip="Reopening the same data later loads embeddings instead of encoding.",
         )
-        self._stack_status = Label(label="3D", value="-")
-        self.extend(
+        self.add_rows(
             [
-                self._axis_combo,
-                self._range_spin,
-                self._iou_spin,
-                self._area_spin,
-                self._empty_spin,
-                self._prompt_combo,
-                self._propagate_button,
-                self._precompute_button,
-                self._disk_check,
-                self._stack_status,
+                ("walk axis", self._axis_combo),
+                ("planes ±", self._range_spin),
+                ("min IoU", self._iou_spin),
+                ("area change", self._area_spin),
+                ("empty planes", self._empty_spin),
+                ("prompt with", self._prompt_combo),
+                (None, self._propagate_button),
+                (None, self._precompute_button),
+                (None, self._disk_check),
             ]
         )
 
@@ -94,6 +92,3 @@ class StackPanel(Container):
             max_empty=int(self._empty_spin.value),
             plane_range=plane_range,
         )
-
-    def set_stack_status(self, text: str) -> None:
-        self._stack_status.value = text

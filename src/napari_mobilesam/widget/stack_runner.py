@@ -3,7 +3,8 @@
 Both run in napari thread workers as generators (one plane per step), share the widget's model
 lock, embedding cache and weights, and touch layers only in the workers' callbacks. Precompute
 gives way to the interactive path: an interactive run pauses it, and it resumes afterwards
-where it stopped (planes already cached are skipped).
+where it stopped (planes already cached are skipped). Progress and outcomes go to the widget's
+status line; an error is reported there and once as a notification, never re-raised.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_warning
+from napari.utils.notifications import show_error, show_warning
 
 from napari_mobilesam.engine.propagation import drive
-from napari_mobilesam.layers.labels_writer import write_objects
-from napari_mobilesam.layers.plane import PlaneError, PlaneRef, spatial_shape
+from napari_mobilesam.layers.labels_writer import LabelsError, write_objects
+from napari_mobilesam.layers.plane import PlaneError, spatial_shape
 from napari_mobilesam.layers.segment import SegmentRequest
 from napari_mobilesam.layers.stack_layers import (
+    PlaneMasks,
     default_walk_axis,
     precompute_steps,
     propagation_steps,
@@ -29,6 +31,7 @@ from napari_mobilesam.layers.stack_layers import (
     walk_axes,
 )
 from napari_mobilesam.widget.stack_panel import StackPanel
+from napari_mobilesam.widget.status_text import propagation_summary
 from napari_mobilesam.widget.worker_steps import loaded_steps, locked_steps
 
 if TYPE_CHECKING:
@@ -66,6 +69,8 @@ class StackHost(Protocol):
     def _objects_are_current(self) -> bool: ...
     def _target_labels(self, image: Image) -> Labels: ...
     def _finish_commit(self, message: str) -> None: ...
+    def _set_status(self, text: str, outcome: bool = False) -> None: ...
+    def _watch_window(self) -> None: ...
     def _show_download(self, fraction: float | None) -> None: ...
     def _on_warned(self, show_warning_args: tuple) -> None: ...
     def _on_progress(self, generation: int, progress: Any) -> None: ...
@@ -86,9 +91,9 @@ class _Job:
 class StackRunner:
     """Owns the 3D panel and its worker for one dock widget (a :class:`StackHost`)."""
 
-    def __init__(self, widget: StackHost) -> None:
+    def __init__(self, widget: StackHost, expanded: bool = False) -> None:
         self.widget = widget
-        self.panel = StackPanel()
+        self.panel = StackPanel(expanded=expanded)
         self.worker: GeneratorWorker | None = None
         self.kind: str | None = None  # "propagate" or "precompute" while a worker runs
         self._resume_precompute = False
@@ -186,7 +191,7 @@ class StackRunner:
             job = self._job()
             settings = self._settings(job)
         except (PlaneError, ValueError) as exc:
-            self.panel.set_stack_status(str(exc))
+            self.widget._set_status(str(exc), outcome=True)
             show_warning(f"MobileSAM: {exc}")
             return
         self.stop()
@@ -198,7 +203,7 @@ class StackRunner:
         try:
             job = self._job()
         except (PlaneError, ValueError) as exc:
-            self.panel.set_stack_status(str(exc))
+            self.widget._set_status(str(exc), outcome=True)
             return
         if self.kind == "precompute":
             return
@@ -213,7 +218,10 @@ class StackRunner:
 
     def _run(self, kind: str, steps: Generator[Any, None, Any], total: int) -> None:
         widget = self.widget
-        worker = create_worker(locked_steps, widget._model_lock, steps, _start_thread=False)
+        # Errors are reported by _on_error only: not re-raised into the Qt event loop.
+        worker = create_worker(
+            locked_steps, widget._model_lock, steps, _start_thread=False, _ignore_errors=True
+        )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(partial(self._on_returned, kind))
         worker.errored.connect(self._on_error)
@@ -221,11 +229,12 @@ class StackRunner:
         worker.finished.connect(partial(self._on_finished, worker))
         self.worker, self.kind, self._cancelled = worker, kind, False
         self._bar = napari_progress(total=max(1, total), desc=f"MobileSAM: {kind}")
-        self.panel.set_stack_status(f"{kind}...")
+        widget._set_status(f"{kind}...")
+        widget._watch_window()
         worker.start()
 
     def _on_progress(self, item: Any) -> None:
-        if self._cancelled:
+        if self._cancelled or self.widget._closed:
             return  # a step that finished after Cancel: keep "cancelled" on screen
         if hasattr(item, "stage"):  # loading the model: the download shows in the widget
             if item.stage == "download":
@@ -239,44 +248,51 @@ class StackRunner:
             text = f"plane {item.plane}: {item.active_objects} object(s) still followed"
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
-        self.panel.set_stack_status(text)
+        self.widget._set_status(text)
 
     def _on_returned(self, kind: str, result: Any) -> None:
-        if kind == "propagate":
+        if self.widget._closed:
+            return
+        if kind == "precompute":
+            self.widget._set_status(f"precompute done ({result} plane(s) encoded)", outcome=True)
+            return
+        try:
             self._write(result)
-        else:
-            self.panel.set_stack_status(f"precompute done ({result} plane(s) encoded)")
+        except (LabelsError, PlaneError, ValueError) as exc:
+            # E.g. the labels layer was changed while the walk ran: say so, nothing written.
+            show_warning(f"MobileSAM: {exc}")
+            self.widget._set_status(f"not written: {exc}", outcome=True)
 
-    def _write(self, results: list[dict[PlaneRef, Any]]) -> list[int]:
+    def _write(self, results: list[PlaneMasks]) -> list[int]:
         widget = self.widget
         image = widget._require_image()
         labels = widget._target_labels(image)
         report = write_objects(labels, results, widget.protect)
-        planes = sorted({p.slice_index for obj in results for p in obj})
-        message = (
-            f"propagated {len(report.ids)} object(s) over {len(planes)} plane(s) into "
-            f"'{labels.name}' as ids {report.ids} (one undo step)"
-        )
-        if report.protected_total:
-            message += f"; {report.protected_total} labelled pixel(s) kept"
-        widget._finish_commit(message)
-        self.panel.set_stack_status(message)
+        widget._finish_commit(propagation_summary(report, labels.name, results))
         return report.ids
 
     def _on_error(self, exc: Exception) -> None:
-        self.panel.set_stack_status(f"error: {exc}")
+        if self.widget._closed:
+            return
+        self.widget._set_status(f"error: {exc}", outcome=True)
+        show_error(f"MobileSAM: {exc}")
 
     def _on_finished(self, worker: GeneratorWorker) -> None:
         if worker is not self.worker:
             return
         self.worker, self.kind = None, None
+        self._close_bar()
+        if self.widget._closed:
+            return
         if self._cancelled:
             paused = self._resume_precompute
-            self.panel.set_stack_status("paused for a click" if paused else "cancelled")
+            self.widget._set_status("paused for a click" if paused else "cancelled")
+        self.widget._show_download(None)
+
+    def _close_bar(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        self.widget._show_download(None)
 
     # ------------------------------------------------------------------ coordination
     def pause_for_interactive(self) -> None:
@@ -297,4 +313,7 @@ class StackRunner:
         if self.worker is not None:
             self._cancelled = True
             self.worker.quit()
-            self.panel.set_stack_status("cancelled")
+            if self.widget._closed:
+                self._close_bar()
+            else:
+                self.widget._set_status("cancelled")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from napari_mobilesam.layers.labels_writer import WriteReport
 from napari_mobilesam.layers.layer_prompts import PlanePrompts
 from napari_mobilesam.layers.segment import SegmentedObject, SegmentResult
+from napari_mobilesam.layers.stack_layers import PlaneMasks
 
 
 def run_summary(objects: int, prompts: PlanePrompts) -> str:
@@ -49,11 +50,50 @@ def candidate_scores(objects: Sequence[SegmentedObject], active: int) -> str:
     return f"object {active + 1}/{len(objects)}: {scores}"
 
 
-def commit_summary(report: WriteReport, labels_name: str) -> str:
-    """The new ids, where they went, and how many pixels of existing labels were kept."""
-    message = f"committed id(s) {report.ids} to '{labels_name}'"
+def _write_details(report: WriteReport) -> str:
+    """Protected and overlapping pixels, and objects that wrote nothing (or "")."""
+    details = ""
     if report.protected_total:
-        message += f"; {report.protected_total} pixel(s) of existing labels kept"
+        details += f"; {report.protected_total} pixel(s) of existing labels kept"
+    if report.overlapped:
+        details += f"; {report.overlapped} overlapping pixel(s) went to the earlier object"
     if report.skipped:
-        message += f"; {report.skipped} object(s) wrote nothing (empty, or only existing labels)"
-    return message
+        details += f"; {report.skipped} object(s) wrote nothing (empty, or only existing labels)"
+    return details
+
+
+def commit_summary(report: WriteReport, labels_name: str) -> str:
+    """The new ids, where they went, and how many pixels of existing labels were kept.
+
+    Pixels where two objects of the same commit overlap are not existing labels: they are
+    reported apart.
+    """
+    return f"committed id(s) {report.ids} to '{labels_name}'" + _write_details(report)
+
+
+def propagation_summary(
+    report: WriteReport, labels_name: str, objects: Sequence[PlaneMasks]
+) -> str:
+    """What a propagation wrote and, per object, the planes it reached and why each way stopped.
+
+    ``propagated 1 object(s) into 'cells' as id(s) [3] (one undo step)``, then per object
+    ``object 1: planes 4-16 (6 up, 6 down); up: IoU 0.12 < 0.3 on plane 17; down: end of
+    volume``.
+    """
+    lines = [
+        f"propagated {len(report.ids)} object(s) into '{labels_name}' as id(s) {report.ids} "
+        "(one undo step)" + _write_details(report)
+    ]
+    for number, obj in enumerate(objects, start=1):
+        indices = sorted({plane.slice_index[obj.axis] for plane in obj}) or [obj.start]
+        reach = obj.reach
+        text = (
+            f"object {number}: planes {indices[0]}-{indices[-1]} "
+            f"({reach['up']} up, {reach['down']} down)"
+        )
+        for direction in ("up", "down"):
+            reason = obj.stop_reasons.get(direction)
+            if reason:
+                text += f"; {direction}: {reason}"
+        lines.append(text)
+    return "\n".join(lines)
