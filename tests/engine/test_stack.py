@@ -288,6 +288,9 @@ def test_contrast_limits_read_planes_of_any_lazy_array():
     vol = CountingVolume((5, 3, 16, 16))  # refuses to be read whole, or more than a plane
     stack_contrast_limits(vol, axis=1, position=(2, 0))
     assert vol.reads and all(r[0] == 2 and len(r) == 2 for r in vol.reads)
+    del vol.ndim  # only shape and __getitem__: still a volume
+    stack = StackEmbeddings(FakeEncoder(), vol, axis=1, position=(2, 0))
+    assert stack.n_planes == 3 and stack.get_with_source(1)[1] == "encoder"
 
 
 def test_rgba_stack_limits_leave_out_alpha():

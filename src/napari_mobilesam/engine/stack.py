@@ -87,8 +87,8 @@ class PlaneSequence:
 
 def as_volume(volume: Any) -> Any:
     """An array-like volume as it is, or a sequence of planes as a :class:`PlaneSequence`."""
-    if all(hasattr(volume, name) for name in ("shape", "ndim", "__getitem__")):
-        return volume
+    if hasattr(volume, "shape") and hasattr(volume, "__getitem__"):
+        return volume  # any array-like indexable by plane; ndim is taken from its shape
     if isinstance(volume, Sequence) and not isinstance(volume, (str, bytes)):
         return PlaneSequence(volume)
     raise TypeError(
@@ -113,7 +113,7 @@ def stack_contrast_limits(
     sees it.
     """
     volume = as_volume(volume)
-    n_outer = volume.ndim - (1 if rgb else 0) - 2
+    n_outer = len(volume.shape) - (1 if rgb else 0) - 2
     base = list(position) if position is not None else [0] * n_outer
     n = int(volume.shape[axis])
     picks = np.unique(np.linspace(0, n - 1, min(samples, n)).round().astype(int))
@@ -173,7 +173,7 @@ class StackEmbeddings:
     ) -> None:
         self.source = volume  # as given, so segment_stack can tell a stack built from it
         volume = as_volume(volume)
-        spatial = volume.ndim - (1 if rgb else 0)
+        spatial = len(volume.shape) - (1 if rgb else 0)
         if spatial < 3:
             raise ValueError(f"A stack needs at least 3 spatial axes, got shape {volume.shape}.")
         n_outer = spatial - 2
