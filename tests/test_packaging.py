@@ -35,6 +35,7 @@ REQUIRED_RUNTIME = (
     "scikit-image",
     "Pillow",
     "magicgui",
+    "superqt",
     "napari",
     "npe2",
 )
@@ -134,6 +135,20 @@ def test_no_qt_binding_among_runtime_dependencies():
     # The Qt tests still get one, through the testing extra.
     testing = _requirements(project["optional-dependencies"]["testing"])
     assert any(_pulls_in_qt(req) for req in testing)
+
+
+def test_all_and_testing_bring_the_same_qt_binding():
+    """PyQt6 for users (`[all]`: napari's own `[all]`, whose binding is PyQt6) and for the tests,
+    and CI removes a PyQt5 that an earlier install left, so that only one binding is there."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    qt = {
+        name: [req for req in _requirements(extras[name]) if _pulls_in_qt(req)]
+        for name in ("all", "testing")
+    }
+    assert [str(req) for req in qt["testing"]] == ["napari[pyqt6]"]
+    assert [str(req) for req in qt["all"]] in (["napari[all]"], ["napari[pyqt6]"])
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    assert "pip uninstall -y PyQt5" in ci
 
 
 # --- built distributions ---------------------------------------------------------------------
