@@ -449,6 +449,24 @@ set_image_row(
     np.tile(np.linspace(0, 1e39, 30), (20, 1)),
     seen=lambda rgb: (rgb[:, -3:] == 255).all() and (rgb[:, 0] == 0).all(),
 )
+
+
+def _palette_image() -> Any:
+    from PIL import Image
+
+    img = Image.new("P", (30, 20), 0)
+    img.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)  # index 1 is red
+    img.paste(1, (0, 0, 15, 20))
+    return img
+
+
+set_image_row(
+    "image-pil-palette",
+    "SamPredictor.set_image of a PIL palette image (was an AttributeError)",
+    "ok",
+    _palette_image,
+    seen=lambda rgb: (rgb[:, :300] == (200, 10, 10)).all() and not rgb[:, -300:].any(),
+)
 set_image_row("image-uint16", "16-bit", "ok", rng.integers(0, 65535, (20, 30), np.uint16))
 set_image_row("image-int16", "signed 16-bit", "ok", rng.integers(-500, 500, (20, 30), np.int16))
 set_image_row("image-float64", "float64", "ok", rng.normal(size=(20, 30)))

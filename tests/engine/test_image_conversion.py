@@ -127,3 +127,11 @@ def test_limits_ignore_alpha_and_huge_floats_keep_their_order():
     huge = np.linspace(0, 3e39, 16).reshape(2, 8)  # past float32's largest value
     out = to_uint8_rgb(huge)[..., 0].reshape(-1)
     assert (np.diff(out.astype(int)) >= 0).all() and out[-1] == 255 and out[0] == 0
+
+
+def test_pil_images_are_taken_by_to_uint8_rgb_as_their_colours():
+    from PIL import Image
+
+    img = Image.new("P", (5, 4), 1)
+    img.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    assert (to_uint8_rgb(img) == (200, 10, 10)).all()  # not palette index 1 as grey

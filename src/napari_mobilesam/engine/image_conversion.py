@@ -98,6 +98,11 @@ def image_from_pil(img: Any) -> np.ndarray:
     return array
 
 
+def is_pil_image(value: Any) -> bool:
+    """Whether ``value`` is a PIL image (without importing PIL)."""
+    return type(value).__module__.startswith("PIL.") and hasattr(value, "mode")
+
+
 def robust_limits(image: np.ndarray) -> tuple[float, float]:
     """The 0.1 and 99.9 percentiles of the finite values (0, 0 if there are none)."""
     flat = image.reshape(-1)
@@ -136,7 +141,8 @@ def to_uint8_rgb(
       ValueError: for an empty image, a non-numeric dtype, a shape that is not one 2D plane,
         or contrast limits that are not two numbers.
     """
-    image = np.asarray(image)
+    # A PIL image's array can be palette indices or grey + alpha: read its pixels' meaning.
+    image = image_from_pil(image) if is_pil_image(image) else np.asarray(image)
     if image.size == 0:
         raise ValueError(f"The image is empty (shape {image.shape}); nothing to segment.")
     if image.dtype.kind not in "biuf":

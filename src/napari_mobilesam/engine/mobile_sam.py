@@ -28,6 +28,7 @@ import numpy as np
 
 from napari_mobilesam.engine.image_conversion import (
     image_from_pil,
+    is_pil_image,
     shrink_for_encoder,
     to_uint8_rgb,
 )
@@ -67,7 +68,7 @@ def _load_image(source: str | os.PathLike[str] | np.ndarray | Any) -> np.ndarray
             return image_from_pil(img)
     if isinstance(source, np.ndarray):
         return source
-    if type(source).__module__.startswith("PIL.") and hasattr(source, "mode"):
+    if is_pil_image(source):
         return image_from_pil(source)
     raise TypeError(
         f"source must be an image path or a numpy array (or a PIL image), not "

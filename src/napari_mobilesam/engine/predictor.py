@@ -9,7 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_mobilesam.engine.image_conversion import shrink_for_encoder, to_uint8_rgb
+from napari_mobilesam.engine.image_conversion import (
+    image_from_pil,
+    is_pil_image,
+    shrink_for_encoder,
+    to_uint8_rgb,
+)
 from napari_mobilesam.engine.prompt_checks import as_float_array, as_mask_input, check_labels
 from napari_mobilesam.engine.transforms import ResizeLongestSide
 from napari_mobilesam.model import Sam
@@ -56,6 +61,8 @@ class SamPredictor:
         """
         if image_format not in ("RGB", "BGR"):
             raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}.")
+        if is_pil_image(image):  # palette, grey + alpha, 16-bit, EXIF orientation
+            image = image_from_pil(image)
         shape = tuple(np.shape(image))
         if int(np.prod(shape)) == 0:
             raise ValueError(f"The image is empty (shape {shape}); nothing to segment.")
