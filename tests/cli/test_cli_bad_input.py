@@ -178,3 +178,9 @@ def test_ctrl_c_in_a_real_run_keeps_only_whole_outputs(
     assert [p.name for p in cache.rglob("*") if p.is_file() and p.suffix != ".npy"] == []
     for entry in entries:
         assert np.load(entry).shape == (1, 256, 64, 64)
+
+
+def test_halo_without_tiles_is_refused(image_folder: Path, tmp_path: Path, capsys) -> None:
+    argv = ["everything", str(image_folder), "--out", str(tmp_path / "o"), "--halo", "16"]
+    assert run_cli(argv) == 2
+    assert "--halo is the overlap of tiles" in capsys.readouterr().err

@@ -174,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tile-shape", type=_pair(int, 2, "H,W"), metavar="H,W", help="tile large images"
     )
     everything.add_argument(
-        "--halo", type=int, default=64, metavar="N", help="overlap of tiles in pixels (default 64)"
+        "--halo",
+        type=_positive_int,
+        metavar="N",
+        help="pixels each tile sees beyond its edges, at least the largest object's radius "
+        "(default 128)",
     )
     everything.add_argument("--planes", metavar="A:B", help="only planes A..B-1 of stacks")
     _common(everything)

@@ -264,6 +264,9 @@ def run_everything(args: argparse.Namespace) -> Summary:
     generator: dict = {"points_per_side": args.points_per_side}
     if args.tile_shape is not None:
         generator["tile_shape"] = args.tile_shape
+    if args.halo is not None:
+        if args.tile_shape is None:
+            raise UserError("--halo is the overlap of tiles: give --tile-shape too")
         generator["halo"] = args.halo
     plan = Plan(folders=[out])
     for source in _check_stems(_discovered(args, summary), summary):
