@@ -14,6 +14,7 @@ import tifffile
 from cli_helpers import blob_image, files_under, run_cli
 
 pytest.importorskip("distributed")
+pytestmark = pytest.mark.slow  # each test starts a LocalCluster (processes, torch, the model)
 
 N_PLANES = 4
 
@@ -82,3 +83,39 @@ def test_a_worker_killed_mid_run_still_gives_the_complete_result(
     assert {r.status for r in reports} == {DONE}
     npy = {k: v for k, v in files_under(tmp_path / "cache").items() if k.endswith(".npy")}
     assert npy == threads_cache
+
+
+def test_ctrl_c_stops_a_local_cluster_run_cleanly(
+    six_planes: Path, synthetic_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Ctrl+C in a terminal reaches the whole process group, workers included."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "napari_mobilesam", "segment", str(six_planes)]
+    command += ["--points", str(_points_on_every_plane(tmp_path)), "--out", str(out)]
+    command += ["--scheduler", "local:2", "--weights", str(synthetic_checkpoint)]
+    run = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    done = out / ".six.planes.zarr.done"
+    give_up = time.monotonic() + 300  # a guard against hanging, not a measurement
+    while run.poll() is None and not list(done.glob("plane-*")) and time.monotonic() < give_up:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    # No result under its name (the volume is unfinished), no temporary; the marked planes stay
+    # for the next run.
+    assert sorted(p.name for p in out.iterdir()) == [".six.planes.zarr", ".six.planes.zarr.done"]
+    assert [p.name for p in done.iterdir() if p.name.endswith(".partial")] == []
+
+
+def _points_on_every_plane(folder: Path) -> Path:
+    path = folder / "points.csv"
+    rows = [f"{i},{z},30,30" for i, z in enumerate(range(N_PLANES))]
+    path.write_text("index,axis-0,axis-1,axis-2\n" + "\n".join(rows) + "\n")
+    return path

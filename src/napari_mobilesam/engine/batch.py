@@ -492,7 +492,11 @@ def run_tasks(
     reports: list[TaskReport] = []
     futures: list[Any] = []
     try:
-        client.run(warm_up, spec)  # each worker builds the model before its first task
+        from napari_mobilesam.engine.batch_dask import ModelSetup
+
+        # Every worker builds the model before its first task, also one that replaces a dead
+        # worker; a model that cannot be built fails here, once.
+        client.register_plugin(ModelSetup(spec, ignore_interrupt=kind == "local"))
         if on_start is not None:
             on_start(client)
         for phase in (tasks, None):
