@@ -21,6 +21,7 @@ from golden_cases import (
     prompt_set,
     prompt_set_ids,
 )
+from runtime_helpers import ENGINE_RUNTIMES, runtime_model
 
 pytestmark = pytest.mark.golden
 
@@ -41,11 +42,14 @@ def case_data(golden_dir):
     return load
 
 
-@pytest.fixture(scope="module", params=["default", "eager"])
-def model(request, synthetic_checkpoint):
-    """Every model path users can get: the default (optimised) one and the plain eager one."""
+@pytest.fixture(scope="module", params=["default", "eager", *ENGINE_RUNTIMES])
+def model(request, synthetic_checkpoint, tmp_path_factory):
+    """Every model path users can get: the default (optimised) one, the plain eager one, and the
+    default one with its encoder on each engine runtime (skipped where it is not installed)."""
     from napari_mobilesam import build_mobile_sam
 
+    if request.param in ENGINE_RUNTIMES:
+        return runtime_model(synthetic_checkpoint, request.param, tmp_path_factory)
     return build_mobile_sam(synthetic_checkpoint, device="cpu", optimize=request.param == "default")
 
 

@@ -133,6 +133,9 @@ class MobileSAM:
       weights: path of ``mobile_sam.pt`` (or a file with the same layout); None looks in
         ``$NAPARI_MOBILESAM_WEIGHTS``, then the cache, then downloads (see README, Weights).
       device: "cpu", "cuda", "mps" or None for automatic (CUDA > MPS > CPU).
+      runtime: what runs the image encoder: "torch" (default), "onnxruntime", "openvino", or
+        "auto" (the fastest installed engine that passes its self-check on a CPU, torch on a
+        GPU); see :func:`napari_mobilesam.engine.runtimes.use_runtime`.
 
     Example::
 
@@ -142,16 +145,41 @@ class MobileSAM:
     """
 
     def __init__(
-        self, weights: str | os.PathLike[str] | None = None, device: str | None = None
+        self,
+        weights: str | os.PathLike[str] | None = None,
+        device: str | None = None,
+        runtime: str = "torch",
     ) -> None:
         from napari_mobilesam.engine.predictor import SamPredictor
         from napari_mobilesam.engine.weights import resolve_weights
         from napari_mobilesam.model.build import build_mobile_sam
 
         # None follows the documented order: $NAPARI_MOBILESAM_WEIGHTS, the cache, a download.
-        self.model = build_mobile_sam(resolve_weights(weights), device=device)
+        self.weights = resolve_weights(weights)
+        self.model = build_mobile_sam(self.weights, device=device)
+        if runtime != "torch":
+            from napari_mobilesam.engine.runtimes import use_runtime
+
+            use_runtime(self.model, runtime)
         self.predictor = SamPredictor(self.model)
         self._image_key: tuple | None = None
+
+    @property
+    def runtime(self) -> str:
+        """What runs the image encoder: "torch", "onnxruntime" or "openvino"."""
+        from napari_mobilesam.engine.runtimes import runtime_of
+
+        return runtime_of(self.model)
+
+    def export(self, format: str = "onnx", *, out: str | os.PathLike[str], **options: Any) -> Any:
+        """Write the encoder and decoder as ONNX (or OpenVINO IR) files into the folder ``out``.
+
+        ``options`` go to :func:`napari_mobilesam.engine.export.export_onnx` (opset, quantize,
+        overwrite, multimask, progress). Returns its ``ExportResult`` (the paths written).
+        """
+        from napari_mobilesam.engine.export import export_onnx
+
+        return export_onnx(self.weights, out, format=format, **options)
 
     @property
     def device(self):

@@ -1,0 +1,528 @@
+"""Run the image encoder with ONNX Runtime or OpenVINO instead of torch (CPU).
+
+The encoder is where an inference engine pays off (about a quarter less time on a CPU than our
+tuned torch path); the decoder gains nothing from them, so it stays in torch. :func:`use_runtime`
+swaps ``model.image_encoder`` for a :class:`RuntimeEncoder`, an ``nn.Module`` that takes and
+returns the same tensors, so ``SamPredictor``, ``MobileSAM`` and the stack functions run
+unchanged::
+
+    model = build_mobile_sam("mobile_sam.pt")
+    use_runtime(model, "auto")      # ONNX Runtime or OpenVINO where installed and checked
+    predictor = SamPredictor(model)
+
+The exported graph is built once per weights and cached on disk (``cache_dir()/graphs``, i.e.
+under ``$NAPARI_MOBILESAM_CACHE`` when set), keyed by the weights' fingerprint, the torch and
+opset that made it and, for OpenVINO's converted graph, the runtime's version. Each runtime is
+compared once with the torch encoder on a fixed input (the result is cached beside the graph);
+one that disagrees beyond the golden embedding tolerance is not used. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_mobilesam.engine.export import (
+    DEFAULT_OPSET,
+    MissingExtraError,
+    export_encoder,
+    exportable_copy,
+    require,
+)
+
+if TYPE_CHECKING:
+    from napari_mobilesam.model.sam import Sam
+
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
+# "auto" tries these in order on a CPU (fastest first, from benchmarks/bench_runtimes.py).
+AUTO_ORDER = ("onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+
+# The self-check: largest embedding difference from torch accepted on the fixed input. The
+# golden embedding tolerance; fp32 engines stay near 1e-5 (measured 1.0e-5 to 1.2e-5).
+SELF_CHECK_ATOL = 1e-4
+# bf16 is "fast, approximate": its bound, checked by the same self-check (measured about 0.03
+# to 0.08 on the synthetic weights' embedding, whose values reach about +-5).
+BF16_ATOL = 0.25
+
+# Bump when the exported encoder graph changes for the same weights, torch and opset.
+GRAPH_FORMAT = 1
+
+_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    """Whether a runtime can be used here, and why not.
+
+    Attributes:
+      name: "torch", "onnxruntime" or "openvino".
+      available: the packages it needs are installed.
+      version: the runtime package's version, when installed.
+      reason: why it is unavailable (names the pip extra), "" when available.
+    """
+
+    name: str
+    available: bool
+    version: str | None
+    reason: str = ""
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def available_runtimes() -> dict[str, RuntimeStatus]:
+    """Every runtime with its availability, in :data:`RUNTIMES` order; imports nothing heavy.
+
+    A widget can list all three and disable the unavailable ones with ``reason`` as tooltip.
+    """
+    statuses = {"torch": RuntimeStatus("torch", True, torch.__version__)}
+    for name, (package, extra) in _PACKAGES.items():
+        needed = [package, "onnx"]
+        missing = [p for p in needed if importlib.util.find_spec(p) is None]
+        if missing:
+            reason = (
+                f'{" and ".join(missing)} not installed: pip install "napari-mobilesam[{extra}]"'
+            )
+            statuses[name] = RuntimeStatus(name, False, _version(package), reason)
+        else:
+            statuses[name] = RuntimeStatus(name, True, _version(package))
+    return statuses
+
+
+def bf16_supported() -> tuple[bool, str]:
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX), and how that was found.
+
+    Read from the CPU's own flags (``/proc/cpuinfo`` on Linux) or, elsewhere, from OpenVINO's
+    capability query; never assumed. Without native support bf16 would be emulated: slower than
+    float32 and still approximate.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        try:
+            text = cpuinfo.read_text(errors="replace")
+        except OSError:
+            text = ""
+        flags: set[str] = set()
+        for line in text.splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[-1].split())
+                break
+        if flags:
+            found = sorted(flags & {"avx512_bf16", "amx_bf16"})
+            if found:
+                return True, f"CPU flags: {', '.join(found)}"
+            return False, "the CPU has neither avx512_bf16 nor amx_bf16"
+    if importlib.util.find_spec("openvino") is not None:
+        try:
+            ov = require("openvino")
+            capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if "BF16" in capabilities:
+                return True, "OpenVINO reports BF16 on this CPU"
+            return False, "OpenVINO does not report BF16 on this CPU"
+        except Exception as exc:  # any failure of the query means "unknown": not supported
+            return False, f"the CPU's bf16 support could not be queried ({exc})"
+    return False, "the CPU's bf16 support could not be determined"
+
+
+# --------------------------------------------------------------------------- the encoder
+
+
+class _SharedRunner:
+    """A runtime's encoder call, shared (not copied) when the model is deep-copied."""
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], description: str) -> None:
+        self.run = run
+        self.description = description
+
+    def __deepcopy__(self, memo: dict) -> _SharedRunner:
+        return self
+
+
+class RuntimeEncoder(nn.Module):
+    """Stands in for the TinyViT encoder: (B, 3, 1024, 1024) float32 -> (B, 256, 64, 64).
+
+    The graph runs on the CPU whatever ``x``'s device; the embedding comes back on ``x``'s
+    device. The torch encoder it replaces stays in ``torch_encoder`` (24 MB), for
+    :func:`use_runtime` ``(model, "torch")`` and for exporting.
+
+    Attributes:
+      runtime: "onnxruntime" or "openvino".
+      precision: "fp32" or "bf16".
+      self_check_error: largest difference from torch on the fixed self-check input.
+    """
+
+    def __init__(
+        self,
+        torch_encoder: nn.Module,
+        runner: _SharedRunner,
+        runtime: str,
+        precision: str,
+        self_check_error: float,
+    ) -> None:
+        super().__init__()
+        self.torch_encoder = torch_encoder
+        self.img_size = torch_encoder.img_size
+        self._runner = runner
+        self.runtime = runtime
+        self.precision = precision
+        self.self_check_error = self_check_error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, 1024, 1024) normalised and padded -> (B, 256, 64, 64) float32."""
+        images = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        # The graphs take one image: a batch runs image by image.
+        out = np.concatenate([self._runner.run(images[i : i + 1]) for i in range(len(images))])
+        return torch.from_numpy(out).to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"runtime={self.runtime}, precision={self.precision}"
+
+
+def runtime_of(model: Sam) -> str:
+    """The runtime ``model``'s image encoder runs on: "torch", "onnxruntime" or "openvino"."""
+    encoder = model.image_encoder
+    return encoder.runtime if isinstance(encoder, RuntimeEncoder) else "torch"
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def graph_cache_folder() -> Path:
+    """Where exported encoder graphs are kept: ``<cache folder>/graphs``."""
+    from napari_mobilesam.engine.weights import cache_dir
+
+    return cache_dir() / "graphs"
+
+
+def _graph_key(model: Sam, opset: int) -> str:
+    from napari_mobilesam.engine.disk_cache import model_fingerprint
+
+    digest = hashlib.blake2b(digest_size=12)
+    for part in (model_fingerprint(model), torch.__version__, str(opset), str(GRAPH_FORMAT)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _replace_atomic(write: Callable[[Path], object], target: Path) -> Path:
+    """Write through ``write(temp_path)`` in ``target``'s folder, then rename into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _self_check_input() -> torch.Tensor:
+    """The fixed self-check input: a normalised random image with a padded band, like real
+    inputs (padding is exact zeros)."""
+    gen = torch.Generator().manual_seed(20250601)
+    image = torch.randn(1, 3, 1024, 1024, generator=gen)
+    image[..., 768:, :] = 0.0
+    return image
+
+
+class _GraphCache:
+    """One weights' folder of the cache: the ONNX graph, converted graphs, self-check results."""
+
+    def __init__(self, model: Sam, folder: Path, opset: int, say: Callable[[str], None]) -> None:
+        self.model = model
+        self.folder = folder / _graph_key(model, opset)
+        self.opset = opset
+        self.say = say
+        self._plain: Sam | None = None
+
+    def plain_model(self) -> Sam:
+        if self._plain is None:
+            self._plain = exportable_copy(self.model)
+        return self._plain
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.folder / "mobile_sam.encoder.onnx"
+
+    def ensure_onnx(self) -> Path:
+        if not self.onnx_path.is_file():
+            require("onnx")
+            self.say(
+                "Exporting the MobileSAM encoder to ONNX (once for these weights; about 10 s)..."
+            )
+            _replace_atomic(
+                lambda tmp: export_encoder(self.plain_model(), tmp, self.opset), self.onnx_path
+            )
+        return self.onnx_path
+
+    def openvino_path(self, version: str) -> Path:
+        return self.folder / f"openvino-{version}" / "mobile_sam.encoder.xml"
+
+    def ensure_openvino(self, version: str) -> Path:
+        xml = self.openvino_path(version)
+        if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
+            onnx_path = self.ensure_onnx()
+            self.say("Converting the encoder to OpenVINO (once for these weights)...")
+            ov = require("openvino")
+            model = ov.convert_model(str(onnx_path))
+            xml.parent.mkdir(parents=True, exist_ok=True)
+            tmp_xml = xml.with_name(f".{os.getpid()}.{threading.get_ident()}.tmp.xml")
+            try:
+                ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+                os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
+                os.replace(tmp_xml, xml)
+            finally:
+                tmp_xml.unlink(missing_ok=True)
+                tmp_xml.with_suffix(".bin").unlink(missing_ok=True)
+        return xml
+
+    def reference(self) -> np.ndarray:
+        """The torch encoder's output on the self-check input (computed once, cached)."""
+        path = self.folder / "self_check_reference.npy"
+        try:
+            value = np.load(path, allow_pickle=False)
+            if value.shape == (1, 256, 64, 64):
+                return value
+        except (OSError, ValueError):
+            pass
+        with torch.inference_mode():
+            value = self.plain_model().image_encoder(_self_check_input()).numpy()
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to a name
+                np.save(fh, value, allow_pickle=False)
+
+        _replace_atomic(write, path)
+        return value
+
+    def check_path(self, runtime: str, version: str, precision: str) -> Path:
+        return self.folder / f"self_check.{runtime}-{version}.{precision}.json"
+
+    def forget(self, runtime: str, version: str) -> None:
+        """Remove a runtime's files (a graph that failed to load is rebuilt from scratch)."""
+        paths = [self.onnx_path]
+        if runtime == "openvino":
+            xml = self.openvino_path(version)
+            paths = [xml, xml.with_suffix(".bin")]
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- the sessions
+
+
+def _threads() -> int:
+    # The runtimes follow torch's thread setting, so torch.set_num_threads governs them all.
+    return max(1, torch.get_num_threads())
+
+
+def _onnxruntime_runner(cache: _GraphCache, precision: str) -> _SharedRunner:
+    ort = require("onnxruntime")
+    path = cache.ensure_onnx()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Without the arena and the memory-pattern planner one encode peaks about 150 MB lower
+    # (measured 466 vs 619 MB for the session alone), at no measurable cost in speed.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(image: np.ndarray) -> np.ndarray:
+        return session.run(["image_embeddings"], {"image": image})[0]
+
+    return _SharedRunner(run, f"ONNX Runtime {ort.__version__} (CPU)")
+
+
+def _openvino_runner(cache: _GraphCache, precision: str) -> _SharedRunner:
+    ov = require("openvino")
+    version = _version("openvino") or "unknown"
+    xml = cache.ensure_openvino(version)
+    core = ov.Core()
+    config = {
+        # OpenVINO picks bf16 by itself on CPUs that have it: float32 must be asked for.
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": _threads(),
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    compiled = core.compile_model(core.read_model(str(xml)), "CPU", config)
+    request = compiled.create_infer_request()
+    lock = threading.Lock()  # one infer request: one image at a time
+
+    def run(image: np.ndarray) -> np.ndarray:
+        with lock:
+            request.infer({"image": image})
+            return request.get_output_tensor(0).data.copy()
+
+    return _SharedRunner(run, f"OpenVINO {version} (CPU, {precision})")
+
+
+_BUILDERS = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
+_warned_rebuild: set[tuple[str, str]] = set()
+
+
+def _checked_runner(
+    cache: _GraphCache, runtime: str, precision: str
+) -> tuple[_SharedRunner, float]:
+    """Load (building or rebuilding once if needed) and self-check one runtime.
+
+    Returns the runner and its self-check error; raises RuntimeError when the check fails.
+    """
+    version = _version(_PACKAGES[runtime][0]) or "unknown"
+    try:
+        runner = _BUILDERS[runtime](cache, precision)
+    except MissingExtraError:
+        raise
+    except Exception as exc:
+        # A cached graph that no longer loads (truncated, written by another version...): one
+        # warning, then build it again.
+        key = (runtime, str(cache.folder))
+        if key not in _warned_rebuild:
+            _warned_rebuild.add(key)
+            warnings.warn(
+                f"The cached {runtime} encoder graph in {cache.folder} could not be loaded "
+                f"({type(exc).__name__}: {exc}); rebuilding it.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        cache.forget(runtime, version)
+        runner = _BUILDERS[runtime](cache, precision)
+
+    check = cache.check_path(runtime, version, precision)
+    atol = BF16_ATOL if precision == "bf16" else SELF_CHECK_ATOL
+    try:
+        result = json.loads(check.read_text())
+        error = float(result["max_abs_error"])
+    except (OSError, ValueError, KeyError, TypeError):
+        cache.say(f"Checking {runner.description} against torch (once)...")
+        out = runner.run(_self_check_input().numpy())
+        reference = cache.reference()
+        error = float(np.abs(out - reference).max()) if out.shape == reference.shape else np.inf
+        text = json.dumps({"max_abs_error": error, "atol": atol, "runtime": runner.description})
+        _replace_atomic(lambda tmp: tmp.write_text(text), check)
+    if not error <= atol:
+        raise RuntimeError(
+            f"{runner.description} differs from the torch encoder by {error:.3g} on the "
+            f"self-check input (allowed {atol:g}); it is not used."
+        )
+    return runner, error
+
+
+def use_runtime(
+    model: Sam,
+    runtime: str = "auto",
+    *,
+    precision: str = "fp32",
+    cache_folder: str | os.PathLike[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    progress: Callable[[str], None] | None = None,
+) -> Sam:
+    """Run ``model``'s image encoder on ``runtime``; the model is changed in place and returned.
+
+    Arguments:
+      model: a model from ``build_mobile_sam`` (default or eager; float32 encoder).
+      runtime: "torch", "onnxruntime", "openvino", or "auto": on a CPU model the first of
+        :data:`AUTO_ORDER` that is installed and passes its self-check, else torch; torch on
+        CUDA and MPS (their torch path is faster than a CPU engine).
+      precision: "fp32" (default), or "bf16": fast and approximate (embedding error up to
+        :data:`BF16_ATOL`, beyond the float32 tolerance), OpenVINO only, and only on CPUs
+        with native bf16 (see :func:`bf16_supported`). Never chosen automatically.
+      cache_folder: where graphs are cached; default :func:`graph_cache_folder`.
+      opset: ONNX opset of the exported graph.
+      progress: called with a message before a slow one-time step (export, conversion, check);
+        default: printed to stderr.
+
+    Returns:
+      ``model``, whose ``image_encoder`` is now a :class:`RuntimeEncoder` (or the torch encoder).
+
+    Raises:
+      ValueError: unknown runtime or precision, or bf16 where it is not supported.
+      MissingExtraError: an explicitly requested runtime is not installed (names the extra).
+      RuntimeError: an explicitly requested runtime failed its self-check.
+    """
+    if runtime not in RUNTIME_CHOICES:
+        raise ValueError(f"runtime must be one of {RUNTIME_CHOICES}, got {runtime!r}.")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    encoder = model.image_encoder
+    torch_encoder = encoder.torch_encoder if isinstance(encoder, RuntimeEncoder) else encoder
+    if precision == "bf16":
+        if runtime not in ("openvino", "auto"):
+            raise ValueError("precision='bf16' runs on OpenVINO: use runtime='openvino'.")
+        supported, why = bf16_supported()
+        if not supported:
+            raise ValueError(f"bf16 is not available on this CPU ({why}); use precision='fp32'.")
+        runtime = "openvino"
+
+    model.image_encoder = torch_encoder  # the torch model is what gets exported and checked
+    if runtime == "torch" or (runtime == "auto" and model.device.type != "cpu"):
+        return model
+    if getattr(model, "encoder_dtype", None) is not None:
+        # A half-precision torch encoder is not the float32 reference the graphs come from.
+        if runtime != "auto":
+            raise ValueError(
+                f"runtime={runtime!r} needs a float32 model: build it with half=False."
+            )
+        return model
+
+    say = progress or (lambda message: print(message, file=sys.stderr))
+    folder = Path(cache_folder) if cache_folder is not None else graph_cache_folder()
+    cache = _GraphCache(model, folder, opset, say)
+    statuses = available_runtimes()
+    candidates = AUTO_ORDER if runtime == "auto" else (runtime,)
+    for name in candidates:
+        if not statuses[name].available:
+            if runtime == "auto":
+                continue
+            raise MissingExtraError(
+                f"The {name} runtime is not available: {statuses[name].reason}."
+            )
+        try:
+            runner, error = _checked_runner(cache, name, precision)
+        except (RuntimeError, OSError) as exc:
+            if runtime != "auto":
+                raise
+            warnings.warn(f"{exc} Trying the next runtime.", RuntimeWarning, stacklevel=2)
+            continue
+        model.image_encoder = RuntimeEncoder(torch_encoder, runner, name, precision, error)
+        return model
+    return model
+
+
+def runtime_summary(model: Sam) -> dict[str, Any]:
+    """What runs ``model``'s encoder, for status lines and bug reports."""
+    encoder = model.image_encoder
+    if isinstance(encoder, RuntimeEncoder):
+        return {
+            "runtime": encoder.runtime,
+            "precision": encoder.precision,
+            "engine": encoder._runner.description,
+            "self_check_error": encoder.self_check_error,
+        }
+    dtype = getattr(model, "encoder_dtype", None)
+    return {
+        "runtime": "torch",
+        "precision": "fp32" if dtype is None else str(dtype).replace("torch.", ""),
+        "engine": f"torch {torch.__version__} ({model.device.type})",
+        "self_check_error": 0.0,
+    }

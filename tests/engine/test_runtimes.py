@@ -1,0 +1,246 @@
+"""Encoder runtimes: availability, selection, the graph cache and its failures.
+
+Golden parity of every installed runtime is in ``tests/model/test_golden.py`` (parametrised over
+the runtimes); this module checks the machinery around them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from golden_cases import ATOL_EMBEDDING
+from runtime_helpers import cache_root, graph_folder, runtime_model, skip_unless_installed
+
+
+def test_available_runtimes_lists_all_three():
+    from napari_mobilesam.engine.runtimes import RUNTIMES, available_runtimes
+
+    statuses = available_runtimes()
+    assert tuple(statuses) == RUNTIMES
+    assert statuses["torch"].available and statuses["torch"].reason == ""
+    for status in statuses.values():
+        assert status.available == (status.reason == "")
+
+
+def test_missing_package_reason_names_the_extra(monkeypatch):
+    from napari_mobilesam.engine import runtimes
+
+    real = runtimes.importlib.util.find_spec
+    monkeypatch.setattr(
+        runtimes.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("openvino", "onnxruntime") else real(name, *a),
+    )
+    statuses = runtimes.available_runtimes()
+    assert not statuses["openvino"].available
+    assert 'pip install "napari-mobilesam[openvino]"' in statuses["openvino"].reason
+    assert 'pip install "napari-mobilesam[onnx]"' in statuses["onnxruntime"].reason
+
+
+def test_explicit_missing_runtime_raises_naming_the_extra(monkeypatch, golden_model):
+    from napari_mobilesam.engine import runtimes
+
+    statuses = dict(runtimes.available_runtimes())
+    statuses["openvino"] = runtimes.RuntimeStatus(
+        "openvino", False, None, 'openvino not installed: pip install "napari-mobilesam[openvino]"'
+    )
+    monkeypatch.setattr(runtimes, "available_runtimes", lambda: statuses)
+    model = copy.deepcopy(golden_model)
+    with pytest.raises(runtimes.MissingExtraError, match=r"napari-mobilesam\[openvino\]"):
+        runtimes.use_runtime(model, "openvino")
+    assert runtimes.runtime_of(model) == "torch"
+
+
+def test_bad_choices(golden_model):
+    from napari_mobilesam.engine.runtimes import use_runtime
+
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        use_runtime(golden_model, "tensorrt")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        use_runtime(golden_model, "torch", precision="int4")
+    with pytest.raises(ValueError, match="OpenVINO"):
+        use_runtime(golden_model, "onnxruntime", precision="bf16")
+
+
+def test_torch_and_auto_without_engines_keep_torch(monkeypatch, golden_model):
+    from napari_mobilesam.engine import runtimes
+
+    model = copy.deepcopy(golden_model)
+    encoder = model.image_encoder
+    assert runtimes.use_runtime(model, "torch") is model
+    assert model.image_encoder is encoder
+    none = {
+        name: runtimes.RuntimeStatus(name, name == "torch", None, "" if name == "torch" else "x")
+        for name in runtimes.RUNTIMES
+    }
+    monkeypatch.setattr(runtimes, "available_runtimes", lambda: none)
+    runtimes.use_runtime(model, "auto")
+    assert model.image_encoder is encoder
+
+
+@pytest.mark.golden
+def test_auto_picks_the_first_engine_and_back_to_torch(synthetic_checkpoint, tmp_path_factory):
+    from napari_mobilesam.engine.runtimes import (
+        AUTO_ORDER,
+        available_runtimes,
+        runtime_of,
+        runtime_summary,
+        use_runtime,
+    )
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    installed = [name for name in AUTO_ORDER if available_runtimes()[name].available]
+    if not installed:
+        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    torch_encoder = model.image_encoder
+    use_runtime(model, "auto", cache_folder=graph_folder(tmp_path_factory), progress=print)
+    assert runtime_of(model) == installed[0]
+    summary = runtime_summary(model)
+    assert summary["precision"] == "fp32"
+    assert summary["self_check_error"] <= ATOL_EMBEDDING
+    use_runtime(model, "torch")
+    assert model.image_encoder is torch_encoder
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_cached_graph_is_reused(runtime, synthetic_checkpoint, tmp_path_factory):
+    from napari_mobilesam.engine.runtimes import use_runtime
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)  # builds the cache if needed
+    messages: list[str] = []
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    use_runtime(
+        model, runtime, cache_folder=graph_folder(tmp_path_factory), progress=messages.append
+    )
+    assert messages == []  # nothing exported, converted or checked again
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_broken_cached_graph_is_rebuilt_with_one_warning(
+    runtime, synthetic_checkpoint, tmp_path, tmp_path_factory
+):
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)  # the session's graphs
+    shutil.copytree(graph_folder(tmp_path_factory), tmp_path, dirs_exist_ok=True)
+    graph = "*.onnx" if runtime == "onnxruntime" else "openvino-*/*.bin"
+    (cached,) = tmp_path.glob(f"*/{graph}")
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated, as by a full disk
+
+    runtimes._warned_rebuild.clear()
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    with pytest.warns(RuntimeWarning, match="could not be loaded") as record:
+        runtimes.use_runtime(model, runtime, cache_folder=tmp_path, progress=lambda m: None)
+    assert len([w for w in record if "could not be loaded" in str(w.message)]) == 1
+    assert runtimes.runtime_of(model) == runtime
+    assert cached.stat().st_size > 1000
+
+
+@pytest.mark.golden
+def test_failed_self_check(synthetic_checkpoint, tmp_path_factory, tmp_path):
+    """An engine that disagrees with torch is refused when asked for, skipped by auto."""
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    runtime_model(synthetic_checkpoint, "onnxruntime", tmp_path_factory)  # the session's graphs
+    folder = tmp_path / "graphs"
+    shutil.copytree(graph_folder(tmp_path_factory), folder)
+    for check in folder.glob("*/self_check.onnxruntime-*.json"):
+        check.write_text(json.dumps({"max_abs_error": 0.5}))
+
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    with pytest.raises(RuntimeError, match="differs from the torch encoder"):
+        runtimes.use_runtime(model, "onnxruntime", cache_folder=folder)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        runtimes.use_runtime(model, "auto", cache_folder=folder, progress=lambda m: None)
+    assert any("differs from the torch encoder" in str(w.message) for w in record)
+    assert runtimes.runtime_of(model) != "onnxruntime"
+
+
+@pytest.mark.golden
+def test_runtime_encoder_batches_and_copies(synthetic_checkpoint, tmp_path_factory):
+    model = runtime_model(synthetic_checkpoint, "onnxruntime", tmp_path_factory)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 1024, 1024, generator=gen) * 0.5
+    x[1] = x[1].flip(-1)
+    with torch.inference_mode():
+        out = model.image_encoder(x)
+    assert out.shape == (2, 256, 64, 64) and out.dtype == torch.float32
+    clone = copy.deepcopy(model)  # e.g. a widget keeping a second predictor
+    with torch.inference_mode():
+        assert torch.equal(clone.image_encoder(x[1:]), out[1:])
+
+
+@pytest.mark.golden
+def test_stack_and_mobilesam_run_on_a_runtime(synthetic_checkpoint, tmp_path_factory):
+    """The stack functions and predictor need nothing runtime-specific."""
+    from napari_mobilesam.engine.predictor import SamPredictor
+    from napari_mobilesam.engine.stack import precompute_stack
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    volume = np.random.default_rng(0).integers(0, 255, (1, 96, 128), dtype=np.uint8)
+    fast = precompute_stack(
+        SamPredictor(runtime_model(synthetic_checkpoint, "onnxruntime", tmp_path_factory)),
+        volume,
+        progress=False,
+    )
+    plain = precompute_stack(
+        SamPredictor(build_mobile_sam(synthetic_checkpoint, device="cpu")), volume, progress=False
+    )
+    (a, _), (b, _) = fast.get(0), plain.get(0)
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() <= ATOL_EMBEDDING
+
+
+def test_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
+    from napari_mobilesam.engine import runtimes
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    real_path = runtimes.Path
+    monkeypatch.setattr(
+        runtimes, "Path", lambda p: real_path(fake) if p == "/proc/cpuinfo" else real_path(p)
+    )
+    assert runtimes.bf16_supported()[0] is False
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+    supported, why = runtimes.bf16_supported()
+    assert supported and "avx512_bf16" in why
+
+
+def test_bf16_refused_where_unsupported(monkeypatch, golden_model):
+    from napari_mobilesam.engine import runtimes
+
+    monkeypatch.setattr(runtimes, "bf16_supported", lambda: (False, "no avx512_bf16"))
+    with pytest.raises(ValueError, match="not available on this CPU"):
+        runtimes.use_runtime(copy.deepcopy(golden_model), "openvino", precision="bf16")
+
+
+@pytest.mark.golden
+def test_mobilesam_runtime_and_export(synthetic_checkpoint, tmp_path_factory, monkeypatch):
+    from napari_mobilesam.engine import export
+    from napari_mobilesam.engine.mobile_sam import MobileSAM
+
+    skip_unless_installed("onnxruntime")
+    runtime_model(synthetic_checkpoint, "onnxruntime", tmp_path_factory)  # the session's graphs
+    monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(cache_root(tmp_path_factory)))
+    sam = MobileSAM(synthetic_checkpoint, device="cpu", runtime="onnxruntime")
+    assert sam.runtime == "onnxruntime"
+    res = sam.predict(np.full((40, 60, 3), 128, np.uint8), points=[30, 20])
+    assert res.masks.shape == (1, 40, 60)
+
+    calls = []
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: calls.append((a, k)))
+    sam.export(out="somewhere", opset=18)
+    assert calls == [((sam.weights, "somewhere"), {"format": "onnx", "opset": 18})]
