@@ -244,3 +244,21 @@ def test_mobilesam_runtime_and_export(synthetic_checkpoint, tmp_path_factory, mo
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: calls.append((a, k)))
     sam.export(out="somewhere", opset=18)
     assert calls == [((sam.weights, "somewhere"), {"format": "onnx", "opset": 18})]
+
+
+@pytest.mark.golden
+def test_predictor_loader_builds_per_runtime(synthetic_checkpoint, tmp_path_factory, monkeypatch):
+    from napari_mobilesam.engine.predictor_loader import PredictorLoader
+
+    skip_unless_installed("onnxruntime")
+    runtime_model(synthetic_checkpoint, "onnxruntime", tmp_path_factory)  # the session's graphs
+    monkeypatch.setenv("NAPARI_MOBILESAM_CACHE", str(cache_root(tmp_path_factory)))
+    loader = PredictorLoader()
+    assert loader.runtime is None
+    predictor = loader.get(synthetic_checkpoint, "cpu", runtime="onnxruntime")
+    assert loader.runtime == "onnxruntime"
+    assert loader.is_loaded(synthetic_checkpoint, "cpu", "onnxruntime")
+    assert not loader.is_loaded(synthetic_checkpoint, "cpu")  # torch is another build
+    assert loader.get(synthetic_checkpoint, "cpu", runtime="onnxruntime") is predictor
+    assert loader.get(synthetic_checkpoint, "cpu").model.image_encoder is not None
+    assert loader.runtime == "torch"

@@ -49,7 +49,7 @@ class PredictorLoader:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._key: tuple[Path | None, str] | None = None
+        self._key: tuple[Path | None, str, str] | None = None  # (weights, device, runtime)
         self._predictor: Any = None
         self.source: Path | None = None  # the weights file the predictor was built from
         # Devices that failed while running the model: the CPU stands in for them.
@@ -59,6 +59,17 @@ class PredictorLoader:
     def device(self) -> str | None:
         """Device of the predictor built last, or ``None`` before the first build."""
         return None if self._key is None else self._key[1]
+
+    @property
+    def runtime(self) -> str | None:
+        """What runs the image encoder of the predictor built last ("torch", "onnxruntime" or
+        "openvino"; "auto" resolved), or ``None`` before the first build."""
+        if self._predictor is None:
+            return None
+        from napari_mobilesam.engine.runtimes import RuntimeEncoder
+
+        encoder = getattr(getattr(self._predictor, "model", None), "image_encoder", None)
+        return encoder.runtime if isinstance(encoder, RuntimeEncoder) else "torch"
 
     def _device_for(self, choice: str) -> str:
         device = resolve_device(choice)
@@ -72,24 +83,38 @@ class PredictorLoader:
         """
         with self._lock:
             self._failed.add(resolve_device(choice))
-        return self.get(weights, choice)
+            runtime = self._key[2] if self._key is not None else "torch"
+        return self.get(weights, choice, runtime=runtime)
 
     def forget_failures(self) -> None:
         """Try the devices that failed again on the next build."""
         self._failed.clear()
 
-    def is_loaded(self, weights: str | Path | None, device: str = "auto") -> bool:
+    def is_loaded(
+        self, weights: str | Path | None, device: str = "auto", runtime: str = "torch"
+    ) -> bool:
         """Whether :meth:`get` would return without building."""
-        return self._key == (weights_path(weights), self._device_for(device))
+        return self._key == (weights_path(weights), self._device_for(device), runtime)
 
-    def get(self, weights: str | Path | None, device: str = "auto", progress: Any = True) -> Any:
-        """The ``SamPredictor`` for ``weights`` on ``device``.
+    def get(
+        self,
+        weights: str | Path | None,
+        device: str = "auto",
+        progress: Any = True,
+        runtime: str = "torch",
+        message: Any = None,
+    ) -> Any:
+        """The ``SamPredictor`` for ``weights`` on ``device``, its encoder run by ``runtime``.
 
         ``None`` means automatic: ``$NAPARI_MOBILESAM_WEIGHTS``, then the cache, then a
         hash-checked download (see :func:`napari_mobilesam.engine.weights.resolve_weights`), with
         ``progress`` as its progress bar (True: terminal bar; a callable ``(done, total)``).
+        ``runtime`` is one of :data:`napari_mobilesam.engine.runtimes.RUNTIME_CHOICES` (see
+        :func:`~napari_mobilesam.engine.runtimes.use_runtime`; which are installed:
+        :func:`~napari_mobilesam.engine.runtimes.available_runtimes`); ``message`` receives the
+        one-time notices of building a runtime's graph (default: printed to stderr).
         """
-        key = (weights_path(weights), self._device_for(device))
+        key = (weights_path(weights), self._device_for(device), runtime)
         with self._lock:
             if self._key != key:
                 from napari_mobilesam.engine.predictor import SamPredictor
@@ -98,15 +123,21 @@ class PredictorLoader:
 
                 path = resolve_weights(key[0], progressbar=progress)
                 model = build_mobile_sam(str(path), device=key[1])
+                if runtime != "torch":
+                    from napari_mobilesam.engine.runtimes import use_runtime
+
+                    use_runtime(model, runtime, progress=message)
                 self._predictor = SamPredictor(model)
                 self._key = key
                 self.source = path
             return self._predictor
 
-    def set_predictor(self, predictor: Any, weights: str | Path | None, device: str) -> None:
+    def set_predictor(
+        self, predictor: Any, weights: str | Path | None, device: str, runtime: str = "torch"
+    ) -> None:
         """Use an already built predictor (scripts and tests that share one model)."""
         with self._lock:
             self._failed.clear()
             self._predictor = predictor
-            self._key = (weights_path(weights), resolve_device(device))
+            self._key = (weights_path(weights), resolve_device(device), runtime)
             self.source = weights_path(weights)
