@@ -29,11 +29,11 @@ NO_LAYER = "none"
 
 # The Keys section: (key, what it does). The keys themselves are bound by the dock widget.
 KEY_HELP = (
-    ("click", "add a point (add mode)"),
-    ("R", "draw a box (boxes)"),
+    ("click", "add a point"),
+    ("R", "draw a box"),
     ("N", "object / background"),
-    ("J", "next candidate mask"),
-    ("K", "commit (one undo step)"),
+    ("J", "next candidate"),
+    ("K", "commit (one undo)"),
     ("Shift+R", "clear this plane"),
     ("Shift+P", "propagate (3D)"),
 )

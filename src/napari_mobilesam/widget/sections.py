@@ -31,7 +31,7 @@ _BREAK_AFTER = ("/", "\\")
 _ZERO_WIDTH_SPACE = "\u200b"
 # Layer names can be long; combo boxes show this many characters and elide the rest, so a long
 # name never widens the dock.
-COMBO_CHARACTERS = 10
+COMBO_CHARACTERS = 9
 # QCollapsible indents its content by this much (superqt's default).
 _CONTENT_LEFT_MARGIN = 5
 # The column's minimum height (pixels); below its content's height it scrolls.
@@ -178,7 +178,7 @@ class ScrollColumn(QScrollArea):
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.inner = QWidget()
         self.column = QVBoxLayout(self.inner)
-        self.column.setContentsMargins(4, 4, 4, 4)
+        self.column.setContentsMargins(2, 2, 2, 2)
         self.column.addStretch(1)
         self.setWidget(self.inner)
         # A scroll area does not pass its content's size changes on: do it, so that the dock
