@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from golden_cases import ATOL_EMBEDDING
+from golden_cases import ATOL_EMBEDDING, case_files, prompt_set
 from runtime_helpers import cache_root, graph_folder, runtime_model, skip_unless_installed
 
 
@@ -262,3 +262,42 @@ def test_predictor_loader_builds_per_runtime(synthetic_checkpoint, tmp_path_fact
     assert loader.get(synthetic_checkpoint, "cpu", runtime="onnxruntime") is predictor
     assert loader.get(synthetic_checkpoint, "cpu").model.image_encoder is not None
     assert loader.runtime == "torch"
+
+
+@pytest.mark.golden
+def test_openvino_bf16_within_its_documented_bound(synthetic_checkpoint, tmp_path_factory):
+    """bf16 is approximate: it is held to its own bound, not to the float32 tolerances."""
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.engine.predictor import SamPredictor
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    skip_unless_installed("openvino")
+    supported, why = runtimes.bf16_supported()
+    if not supported:
+        pytest.skip(f"no native bf16 here: {why}")
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    folder = graph_folder(tmp_path_factory)
+    runtimes.use_runtime(model, "openvino", precision="bf16", cache_folder=folder, progress=print)
+    assert runtimes.runtime_summary(model)["precision"] == "bf16"
+    predictor = SamPredictor(model)
+    for path in case_files():
+        with np.load(path) as z:
+            z = {key: z[key] for key in z.files}
+        predictor.set_image(z["image"])
+        embedding = predictor.get_image_embedding().numpy()
+        assert np.abs(embedding - z["image_embedding"]).max() <= runtimes.BF16_ATOL
+        for k in range(int(z["num_prompt_sets"])):
+            p = prompt_set(z, k)
+            if p["batched"]:
+                continue
+            masks, iou, _ = predictor.predict(
+                point_coords=p["point_coords"],
+                point_labels=p["point_labels"],
+                box=p["box"],
+                mask_input=p["mask_input"],
+                multimask_output=bool(p["multimask"]),
+            )
+            np.testing.assert_allclose(iou, p["iou"], rtol=0, atol=runtimes.BF16_IOU_ATOL)
+            for mask, ref in zip(masks, p["masks"], strict=True):
+                overlap = (mask & ref).sum() / max(1, (mask | ref).sum())
+                assert overlap >= runtimes.BF16_MIN_MASK_IOU, (path.name, k, overlap)

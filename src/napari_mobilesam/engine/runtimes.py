@@ -56,9 +56,13 @@ PRECISIONS = ("fp32", "bf16")
 # The self-check: largest embedding difference from torch accepted on the fixed input. The
 # golden embedding tolerance; fp32 engines stay near 1e-5 (measured 1.0e-5 to 1.2e-5).
 SELF_CHECK_ATOL = 1e-4
-# bf16 is "fast, approximate": its bound, checked by the same self-check (measured about 0.03
-# to 0.08 on the synthetic weights' embedding, whose values reach about +-5).
-BF16_ATOL = 0.25
+# bf16 is "fast, approximate", with its own bound (tests/engine/test_runtimes.py checks it on
+# every golden case). Measured on the golden cases: embedding error up to 0.091 (mean 0.012;
+# the embedding's values reach about +-5), predicted IoU up to 0.0063, masks' IoU with the
+# float32 reference at least 0.988. The self-check uses the embedding bound.
+BF16_ATOL = 0.25  # embedding, max abs
+BF16_IOU_ATOL = 0.02  # predicted IoU scores
+BF16_MIN_MASK_IOU = 0.97  # each mask against the float32 reference mask
 
 # Bump when the exported encoder graph changes for the same weights, torch and opset.
 GRAPH_FORMAT = 1
