@@ -50,7 +50,7 @@ def wrapping_label(value: str = "", **kwargs: Any) -> Label:
     label = Label(value=value, **kwargs)
     native: QLabel = label.native
     native.setWordWrap(True)
-    native.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    # Not selectable: a copy would carry the zero-width spaces of breakable() along.
     # An ignored width hint: the form gives the label its column's width and the label wraps to
     # it; an unbreakable word is cut rather than pushing the canvas aside.
     policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
