@@ -180,3 +180,17 @@ def _json_prompt(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.json"
     path.write_text(json.dumps({"plane": 2, "points": [[30, 30]], "boxes": [[20, 20, 40, 40]]}))
     return path
+
+
+def test_the_console_script_and_the_distributed_extra_are_declared() -> None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    from importlib import import_module
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    module, _, name = project["scripts"]["napari-mobilesam"].partition(":")
+    assert callable(getattr(import_module(module), name))
+    assert {"dask", "distributed"} <= set(project["optional-dependencies"]["distributed"])
+    assert "distributed" in project["optional-dependencies"]["testing"]

@@ -81,23 +81,22 @@ def _planes(args: argparse.Namespace, source: ImageSource) -> list[tuple[int, ..
     return [p for p in source.planes() if p[0] in wanted]
 
 
-def _execute(
-    command: str, args: argparse.Namespace, plan: Plan, summary: Summary, unit: str
-) -> Summary:
+def _execute(args: argparse.Namespace, plan: Plan, summary: Summary, unit: str) -> Summary:
     """Run the plan with a progress bar, then write finished volumes; clean partial files."""
+    if not plan.tasks and not plan.finals:
+        return summary  # all done before: no weights to resolve, no scheduler to start
     spec = model_spec(args)
     progress = Progress(summary, len(plan.tasks) + len(plan.finals), unit, quiet=args.quiet)
     try:
-        if plan.tasks or plan.finals:
-            run_tasks(
-                plan.tasks,
-                spec,
-                args.scheduler,
-                finals=plan.finals,
-                workers=args.workers,
-                on_report=progress,
-                connect_timeout_s=args.scheduler_timeout,
-            )
+        run_tasks(
+            plan.tasks,
+            spec,
+            args.scheduler,
+            finals=plan.finals,
+            workers=args.workers,
+            on_report=progress,
+            connect_timeout_s=args.scheduler_timeout,
+        )
     finally:
         progress.close()
         for folder in plan.folders:
@@ -139,7 +138,7 @@ def run_embed(args: argparse.Namespace) -> Summary:
                 Task("embed", source, plane, options=options, overwrite=args.overwrite)
             )
     summary.notes.append(f"cache: {cache}")
-    return _execute("embed", args, plan, summary, "plane")
+    return _execute(args, plan, summary, "plane")
 
 
 def _prepare_out(args: argparse.Namespace) -> Path:
@@ -253,7 +252,7 @@ def run_segment(args: argparse.Namespace) -> Summary:
         options.update(per_plane[()])
     _label_tasks(args, plan, summary, "segment", source, planes, options, per_plane)
     sweep_partials(out)
-    return _execute("segment", args, plan, summary, "image")
+    return _execute(args, plan, summary, "image")
 
 
 def run_everything(args: argparse.Namespace) -> Summary:
@@ -277,4 +276,4 @@ def run_everything(args: argparse.Namespace) -> Summary:
             summary.refuse(source.name, str(exc))
             continue
         _label_tasks(args, plan, summary, "everything", source, planes, options)
-    return _execute("everything", args, plan, summary, "plane")
+    return _execute(args, plan, summary, "plane")

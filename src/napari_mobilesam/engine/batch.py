@@ -496,7 +496,7 @@ def run_tasks(
 
         # Every worker builds the model before its first task, also one that replaces a dead
         # worker; a model that cannot be built fails here, once.
-        client.register_plugin(ModelSetup(spec, ignore_interrupt=kind == "local"))
+        client.register_plugin(ModelSetup(warm_up, spec, ignore_interrupt=kind == "local"))
         if on_start is not None:
             on_start(client)
         for phase in (tasks, None):
