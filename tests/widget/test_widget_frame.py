@@ -62,8 +62,11 @@ def test_sections_fold_and_their_fields_line_up(make_napari_viewer) -> None:
     viewer.add_image(np.zeros((40, 50), np.uint8))  # 2D: the 3D section starts folded
     _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
     titles = [section.title for section in widget.sections]
-    assert titles == ["Layers and prompts", "Status", "Model", "3D stack", "Keys"]
+    assert titles == [
+        "Layers and prompts", "Status", "Model", "3D stack", "Segment everything", "Keys"
+    ]  # fmt: skip
     assert not widget.stack.panel.expanded and not widget.keys_section.expanded
+    assert not widget.everything.panel.expanded
     for section in widget.sections:
         section.expanded = True
     settle()

@@ -56,6 +56,7 @@ from napari_mobilesam.layers.segment import (
 )
 from napari_mobilesam.widget import status_text
 from napari_mobilesam.widget.controls import MobileSAMControls
+from napari_mobilesam.widget.everything_runner import EverythingRunner
 from napari_mobilesam.widget.sections import breakable
 from napari_mobilesam.widget.stack_runner import KEY_PROPAGATE, StackRunner
 from napari_mobilesam.widget.worker_steps import locked_steps, model_steps
@@ -129,6 +130,7 @@ class MobileSAMWidget(MobileSAMControls):
         objects = widget.segment()                 # list[SegmentedObject], preview shown
         new_ids = widget.commit()                  # list[int], one undo step
         new_ids = widget.segment_and_commit()
+        report = widget.everything.run()           # Segment everything, one undo step
 
     Attributes:
         synchronous: run live updates in the UI thread instead of a worker (scripts, tests).
@@ -167,6 +169,8 @@ class MobileSAMWidget(MobileSAMControls):
         # Sections below the model settings, top to bottom: each panel (a FormSection) is one
         # add_section line here; finish_layout adds the Keys section and aligns all labels.
         self.add_section(self.stack.panel)
+        self.everything = EverythingRunner(self)
+        self.add_section(self.everything.panel)
         self.finish_layout()
 
         self._timer = QTimer(self.native)
@@ -284,6 +288,7 @@ class MobileSAMWidget(MobileSAMControls):
         self._rerun = False
         self._commit_requested = False
         self.stack.stop()
+        self.everything.stop()
         if self._worker is not None:
             self._generation += 1
             self._worker.quit()
@@ -372,6 +377,7 @@ class MobileSAMWidget(MobileSAMControls):
         self._timer.stop()
         self._rerun = False
         self.stack.stop()
+        self.everything.stop()
         if self._worker is not None:
             self._worker.quit()
         for key in self._bound_keys:
