@@ -253,3 +253,22 @@ def test_the_real_generator_on_the_synthetic_checkpoint(
     assert sorted(np.unique(data[data > 0]).tolist()) == report.ids
     widget.labels_layer.undo()
     assert not widget.labels_layer.data.any()
+
+
+def test_a_click_during_a_run_is_answered_and_the_run_still_writes_its_result(dock, qtbot):
+    viewer, image, widget, runner, _ = dock(discs_image())
+    runner.panel._min_size_spin.value = 0
+    points, _ = widget.create_prompt_layers()
+    clicked = []
+
+    def click_once(item):
+        if not clicked:  # between two steps of the run, on the main thread
+            points.add([[DISCS[1][0], DISCS[1][1]]])
+            clicked.extend(widget.segment())
+
+    run_worker(qtbot, runner, click_once)
+    assert len(clicked) == 1 and np.array_equal(clicked[0].mask, disc(*DISCS[1]))
+    data = widget.labels_layer.data
+    assert sorted(np.unique(data).tolist()) == [0, 1, 2, 3, 4]
+    for d in DISCS:
+        assert len(np.unique(data[disc(*d)])) == 1
