@@ -83,3 +83,19 @@ def test_a_volume_resumes_marked_planes_and_appears_only_when_finished(tmp_path:
 
     result = np.asarray(zarr.open_array(str(tmp_path / "v.zarr"), mode="r")[:])
     assert result[0, 3, 3] == result[1, 3, 3] == 1 and result[2, 7, 7] == 2
+
+
+def test_an_ome_zarr_group_opens_its_full_resolution_array(tmp_path: Path) -> None:
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "image.zarr"), mode="w")
+    group.attrs["multiscales"] = [{"datasets": [{"path": "s0"}, {"path": "s1"}]}]
+    for name, size in (("s0", 32), ("s1", 16)):
+        array = zarr.open_array(
+            str(tmp_path / "image.zarr" / name), mode="w", shape=(2, size, size), dtype="uint16"
+        )
+        array[:] = 7
+    source = open_source(tmp_path / "image.zarr")
+    assert (source.component, source.shape, source.is_stack) == ("s0", (2, 32, 32), True)
+    assert source.read((1,)).shape == (32, 32)
+    assert open_source(f"{tmp_path / 'image.zarr'}/s1").shape == (2, 16, 16)
