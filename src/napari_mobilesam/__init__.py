@@ -49,6 +49,9 @@ _LAZY = {
     "commit_objects": "layers.segment",
     "create_aligned_labels": "layers.labels_writer",
     "make_nuclei_stack": "layers.sample_data",
+    "SamAutomaticMaskGenerator": "engine.automatic_mask_generator",
+    "masks_to_labels": "engine.instance_labels",
+    "segment_everything": "engine.everything",
 }
 
 __all__ = [
@@ -66,11 +69,14 @@ __all__ = [
     "precompute_stack",
     "propagate",
     "PropagationSettings",
+    "masks_to_labels",
     "ResizeLongestSide",
     "resolve_weights",
     "Results",
+    "SamAutomaticMaskGenerator",
     "SamPredictor",
     "Seed",
+    "segment_everything",
     "segment_from_layers",
     "segment_stack",
     "StackEmbeddings",
@@ -78,13 +84,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from napari_mobilesam.engine.automatic_mask_generator import SamAutomaticMaskGenerator
     from napari_mobilesam.engine.disk_cache import (
         DiskEmbeddingCache,
         default_cache_folder,
         model_fingerprint,
     )
     from napari_mobilesam.engine.embedding_cache import EmbeddingCache
+    from napari_mobilesam.engine.everything import segment_everything
     from napari_mobilesam.engine.image_conversion import to_uint8_rgb
+    from napari_mobilesam.engine.instance_labels import masks_to_labels
     from napari_mobilesam.engine.mobile_sam import MobileSAM, Results
     from napari_mobilesam.engine.predictor import SamPredictor
     from napari_mobilesam.engine.propagation import (
