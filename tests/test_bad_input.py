@@ -647,9 +647,9 @@ def mobilesam_row(id: str, given: str, outcome: str, kwargs: dict[str, Any], err
 
 mobilesam_row(
     "mobilesam-no-prompt",
-    "predict(image) with no prompt",
+    "predict(image, points=[]): an empty prompt list (no prompt at all segments everything)",
     "error",
-    {},
+    {"points": []},
     (ValueError, "Give at least one prompt"),
 )
 mobilesam_row(

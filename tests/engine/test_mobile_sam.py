@@ -97,7 +97,7 @@ def test_grayscale_16bit_is_normalised(sam, case):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({}, "at least one prompt"),
+        ({"points": []}, "at least one prompt"),
         ({"labels": [1]}, "without points"),
         ({"points": [[1, 2], [3, 4]], "labels": [1]}, "one entry per point"),
         ({"points": [1, 2], "labels": [2]}, "1 \\(foreground\\) or 0"),

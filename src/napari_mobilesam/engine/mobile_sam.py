@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +38,75 @@ from napari_mobilesam.engine.prompt_checks import as_float_array, check_labels
 
 @dataclass
 class Results:
-    """Objects found for one image, in prompt order.
+    """Objects found for one image, in prompt order (by predicted IoU, best first, for
+    automatic segmentation).
 
     Attributes:
       masks: (N, H, W) bool, one mask per object.
       scores: (N,) float32 predicted IoU of each mask.
-      low_res_logits: (N, 256, 256) float32, usable as ``mask_input`` for refinement.
+      low_res_logits: (N, 256, 256) float32, usable as ``mask_input`` for refinement; None
+        for automatic segmentation (no prompts).
       orig_shape: (H, W) of the image.
+      image: (H, W, 3) uint8 RGB the model saw (for :meth:`plot`), or None.
     """
 
     masks: np.ndarray
     scores: np.ndarray
-    low_res_logits: np.ndarray
+    low_res_logits: np.ndarray | None
     orig_shape: tuple[int, int]
+    image: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.masks)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(N, 4) float32 XYXY boxes of the masks, last column/row inclusive (segment-anything's
+        convention); an empty mask gives (0, 0, 0, 0)."""
+        out = np.zeros((len(self.masks), 4), dtype=np.float32)
+        for i, mask in enumerate(self.masks):
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if rows.size:
+                out[i] = (cols[0], rows[0], cols[-1], rows[-1])
+        return out
+
+    def to_labels(self, min_size: int = 0, order: str = "area") -> np.ndarray:
+        """(H, W) int32 instance labels 1..N without overlaps; see
+        :func:`napari_mobilesam.masks_to_labels` for ``order`` and ``min_size``."""
+        from napari_mobilesam.engine.instance_labels import masks_to_labels
+
+        records = [
+            {"segmentation": m, "predicted_iou": float(s)}
+            for m, s in zip(self.masks, self.scores, strict=True)
+        ]
+        return masks_to_labels(records, self.orig_shape, min_size=min_size, order=order)
+
+    def plot(self, alpha: float = 0.5, boxes: bool = True) -> np.ndarray:
+        """(H, W, 3) uint8 RGB picture: the image with every mask tinted in its own colour
+        (and its box outlined), e.g. ``PIL.Image.fromarray(res.plot()).save("out.png")``."""
+        if self.image is not None and self.image.shape[:2] == tuple(self.orig_shape):
+            canvas = self.image.astype(np.float32)
+        else:
+            canvas = np.zeros((*self.orig_shape, 3), dtype=np.float32)
+        colours = _palette(len(self.masks))
+        # Larger masks first, so a small object on a large one stays visible.
+        for i in np.argsort([-int(m.sum()) for m in self.masks], kind="stable"):
+            mask = self.masks[i]
+            canvas[mask] = canvas[mask] * (1 - alpha) + colours[i] * alpha
+        if boxes:
+            for i, (x0, y0, x1, y1) in enumerate(self.boxes.astype(int)):
+                if self.masks[i].any():
+                    canvas[y0 : y1 + 1, [x0, x1]] = colours[i]
+                    canvas[[y0, y1], x0 : x1 + 1] = colours[i]
+        return np.clip(canvas + 0.5, 0, 255).astype(np.uint8)
+
+
+def _palette(n: int) -> np.ndarray:
+    """(n, 3) float32 distinct bright colours (hues spaced by the golden ratio)."""
+    hues = (np.arange(n) * 0.618033988749895) % 1.0
+    k = (np.array([5.0, 3.0, 1.0])[None] + hues[:, None] * 6) % 6
+    rgb = 1 - np.clip(np.minimum(k, 4 - k), 0, 1) * 0.85
+    return (rgb * 255).astype(np.float32)
 
 
 def _load_image(source: str | os.PathLike[str] | np.ndarray | Any) -> np.ndarray:
@@ -163,6 +217,7 @@ class MobileSAM:
             use_runtime(self.model, runtime)
         self.predictor = SamPredictor(self.model)
         self._image_key: tuple | None = None
+        self._model_image: np.ndarray | None = None
 
     @property
     def runtime(self) -> str:
@@ -198,6 +253,8 @@ class MobileSAM:
             raise ValueError(f"The image is empty (shape {shape}); nothing to segment.")
         size = (shape[0], shape[1]) if len(shape) >= 2 else (shape[0], 1)
         image = to_uint8_rgb(shrink_for_encoder(pixels, self.predictor.transform.target_length))
+        # What Results.plot draws on and automatic segmentation reads (full size unless huge).
+        self._model_image = image
         key = (size, image.shape, hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest())
         if key != self._image_key:
             self._image_key = None
@@ -212,11 +269,91 @@ class MobileSAM:
         labels: Sequence | np.ndarray | int | None = None,
         bboxes: Sequence | np.ndarray | None = None,
         multimask_output: bool = False,
-    ) -> Results:
-        """Segment one object per prompt (see the module docstring for the prompt forms).
+        conf: float | None = None,
+        verbose: bool = False,
+        **everything: Any,
+    ) -> Results | list[Results]:
+        """Segment one object per prompt (see the module docstring for the prompt forms), or,
+        without any prompt, every object in the image.
 
-        With ``multimask_output=True`` each object gets its highest-scoring candidate.
+        Arguments:
+          source: an image path, a numpy array, a PIL image, or a list of these (then a list
+            of results comes back, one per image, with the same prompts for each).
+          multimask_output: each object gets the highest-scoring of 3 candidates.
+          conf: drop objects whose predicted IoU is below this (default None keeps all).
+          verbose: print one line per image (size, objects, seconds).
+          **everything: without prompts, :class:`SamAutomaticMaskGenerator` parameters
+            (points_per_side=32, pred_iou_thresh=0.88, ... segment-anything's defaults).
         """
+        if isinstance(source, (list, tuple)):
+            return [
+                self.predict(
+                    item, points, labels, bboxes, multimask_output, conf, verbose, **everything
+                )
+                for item in source
+            ]
+        started = time.perf_counter()
+        if points is None and labels is None and bboxes is None:
+            result = self._segment_everything(source, everything)
+        else:
+            if everything:
+                raise TypeError(
+                    f"Unexpected arguments {sorted(everything)}: automatic segmentation "
+                    "parameters apply only without points and boxes."
+                )
+            result = self._predict_prompts(source, points, labels, bboxes, multimask_output)
+        if conf is not None:
+            keep = result.scores >= conf
+            result = Results(
+                result.masks[keep],
+                result.scores[keep],
+                None if result.low_res_logits is None else result.low_res_logits[keep],
+                result.orig_shape,
+                result.image,
+            )
+        if verbose:
+            h, w = result.orig_shape
+            print(f"{w}x{h}: {len(result)} objects, {time.perf_counter() - started:.2f} s")
+        return result
+
+    def _segment_everything(self, source: Any, params: dict[str, Any]) -> Results:
+        """Automatic segmentation (segment-anything's generator) of one image."""
+        import copy
+
+        from napari_mobilesam.engine.automatic_mask_generator import (
+            SamAutomaticMaskGenerator,
+            checked_image,
+        )
+
+        size = self.set_image(source)
+        image = self._model_image
+        if image.shape[:2] != size:  # reduced for the encoder: the masks need full size
+            image = to_uint8_rgb(_load_image(source))
+        image = checked_image(image)
+        # A predictor of its own around the same model (no second copy of the weights), so
+        # the embedding cached for prompts stays; it starts from that embedding.
+        twin = copy.copy(self.predictor)
+        generator = SamAutomaticMaskGenerator(twin, **params)
+        found = generator.generate_candidates(image, self.predictor.get_image_embedding())
+        masks = np.zeros((len(found), *size), dtype=bool)
+        for i, c in enumerate(found):
+            masks[i][c.mask.slices()] = c.mask.crop()
+        return Results(
+            masks=masks,
+            scores=np.asarray([c.predicted_iou for c in found], dtype=np.float32),
+            low_res_logits=None,
+            orig_shape=size,
+            image=image,
+        )
+
+    def _predict_prompts(
+        self,
+        source: Any,
+        points: Sequence | np.ndarray | None,
+        labels: Sequence | np.ndarray | int | None,
+        bboxes: Sequence | np.ndarray | None,
+        multimask_output: bool,
+    ) -> Results:
         groups = _point_groups(points, labels)
         boxes = _boxes(bboxes)
         if groups and boxes and len(groups) != len(boxes):
@@ -252,6 +389,7 @@ class MobileSAM:
             scores=np.asarray(scores, dtype=np.float32),
             low_res_logits=np.stack(low_res).astype(np.float32),
             orig_shape=(h, w),
+            image=self._model_image if self._model_image.shape[:2] == (h, w) else None,
         )
 
     __call__ = predict
