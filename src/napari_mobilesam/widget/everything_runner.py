@@ -241,7 +241,8 @@ class EverythingRunner:
         if self.widget._closed:
             self._close_bar()
         else:
-            self.widget._set_status("segment everything cancelled; nothing was written", True)
+            message = "segment everything cancelled; nothing was written"
+            self.widget._set_status(message, outcome=True)
 
     # ------------------------------------------------------------------ worker callbacks
     def _on_progress(self, item: Any) -> None:
