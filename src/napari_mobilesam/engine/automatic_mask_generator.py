@@ -348,7 +348,15 @@ class SamAutomaticMaskGenerator:
         coords = torch.as_tensor(model_points, device=predictor.device)[:, None, :]
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=predictor.device)
         sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-        image_pe = model.prompt_encoder.get_dense_pe()
+        # The predictor's per-image decoder constants (dense positional encoding and the
+        # prompt-independent projections of the first block), where it provides them: they
+        # are the same for every point prompt of this crop.
+        constants_of = getattr(predictor, "_decoder_constants", None)
+        extra: dict[str, Any] = {}
+        if constants_of is not None:
+            image_pe, extra["image_constants"] = constants_of()
+        else:
+            image_pe = model.prompt_encoder.get_dense_pe()
         batch = sparse.shape[0]
         # Same chunking as predict_torch: a few prompts at a time stay in a CPU's cache.
         step = (
@@ -365,6 +373,7 @@ class SamAutomaticMaskGenerator:
                 sparse_prompt_embeddings=sparse[part],
                 dense_prompt_embeddings=dense[part],
                 multimask_output=True,
+                **extra,
             )
             low_res.append(lr)
             iou.append(io)
