@@ -142,6 +142,26 @@ class SamPredictor:
         self.features: torch.Tensor | None = None
         self.original_size: tuple[int, int] | None = None
         self.input_size: tuple[int, int] | None = None
+        # (features they were computed from, dense PE, first-block projections)
+        self._image_constants: tuple[torch.Tensor, torch.Tensor, dict] | None = None
+
+    def _decoder_constants(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(dense positional encoding, first-block projections) of the current image.
+
+        Both depend on the image alone (the projections on the embedding plus the no-mask
+        embedding), so they are computed once per image and reused for every prompt that has
+        no mask prompt: about a third of the image-token projections of a click.
+        """
+        cached = self._image_constants
+        # Checked by identity: tools such as micro-sam assign ``features`` directly.
+        if cached is None or cached[0] is not self.features:
+            image_pe = self.model.prompt_encoder.get_dense_pe()
+            no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            src = self.features + no_mask.expand(1, -1, *self.features.shape[-2:])
+            transformer = self.model.mask_decoder.transformer
+            cached = (self.features, image_pe, transformer.image_constants(src, image_pe))
+            self._image_constants = cached
+        return cached[1], cached[2]
 
     def _require_image(self) -> None:
         if not self.is_image_set:
@@ -258,7 +278,9 @@ class SamPredictor:
             boxes=None if boxes is None else boxes.to(self.device),
             masks=None if mask_input is None else mask_input.to(self.device),
         )
-        image_pe = self.model.prompt_encoder.get_dense_pe()
+        image_pe, constants = self._decoder_constants()
+        if mask_input is not None:
+            constants = None  # a mask prompt changes the image tokens: nothing to reuse
         batch = sparse.shape[0]
         # Each prompt's decoder works on its own copy of the 4096 image tokens (4 MiB); on a CPU
         # a few prompts at a time stay in cache: 64 prompts run 1.4x faster in pairs than at once.
@@ -272,6 +294,7 @@ class SamPredictor:
                 sparse_prompt_embeddings=sparse[part],
                 dense_prompt_embeddings=dense[part],
                 multimask_output=multimask_output,
+                image_constants=constants,
             )
             masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
             if not return_logits:

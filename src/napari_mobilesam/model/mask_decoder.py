@@ -77,6 +77,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        image_constants: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts on one image.
 
@@ -86,12 +87,18 @@ class MaskDecoder(nn.Module):
           sparse_prompt_embeddings: (B, T, C).
           dense_prompt_embeddings: (B, C, 64, 64).
           multimask_output: return the 3 candidates (True) or the single-object mask (False).
+          image_constants: ``transformer.image_constants(image_embeddings + dense, image_pe)``
+            when every prompt of the batch has that dense embedding (optional; saves work).
 
         Returns:
           masks: (B, 3 or 1, 256, 256) low-res logits; iou_pred: (B, 3 or 1).
         """
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            image_constants,
         )
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, mask_slice], iou_pred[:, mask_slice]
@@ -102,6 +109,7 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        image_constants: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All 4 masks (B, 4, 256, 256) and IoUs (B, 4); see :meth:`forward`."""
         bs = sparse_prompt_embeddings.shape[0]
@@ -115,7 +123,7 @@ class MaskDecoder(nn.Module):
         pos_src = image_pe.expand(bs, -1, -1, -1)
         b, c, h, w = src.shape
 
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, pos_src, tokens, image_constants)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
 

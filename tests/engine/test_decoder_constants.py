@@ -1,0 +1,72 @@
+"""The decoder's per-image constants (dense PE, first-block projections) change no result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from golden_cases import ATOL_IOU, ATOL_LOW_RES_STORED_EMBEDDING, case_files
+
+pytestmark = pytest.mark.golden
+
+
+@pytest.fixture(scope="module")
+def embeddings(golden_dir):
+    out = []
+    for path in case_files()[:2]:
+        with np.load(path) as z:
+            out.append((torch.as_tensor(z["image_embedding"]), tuple(z["original_size"])))
+    return out
+
+
+def decode_without_constants(predictor, coords, labels, boxes, multimask):
+    """The decoder as the model alone runs it: every projection recomputed."""
+    model = predictor.model
+    with torch.inference_mode():
+        sparse, dense = model.prompt_encoder(
+            points=None if coords is None else (coords, labels), boxes=boxes, masks=None
+        )
+        return model.mask_decoder(
+            predictor.features, model.prompt_encoder.get_dense_pe(), sparse, dense, multimask
+        )
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_constants_give_the_same_outputs(golden_model, embeddings, multimask):
+    from napari_mobilesam.engine.predictor import SamPredictor
+
+    embedding, size = embeddings[0]
+    predictor = SamPredictor(golden_model)
+    predictor.set_image_embedding(embedding, size)
+    gen = torch.Generator().manual_seed(0)
+    coords = torch.rand(5, 2, 2, generator=gen) * 1000  # 5 prompts of 2 points, batched
+    labels = torch.tensor([[1, 0]] * 5)
+    boxes = torch.tensor([[100.0, 120.0, 600.0, 700.0]] * 5)
+    for c, lab, b in ((coords, labels, None), (None, None, boxes), (coords, labels, boxes)):
+        _, iou, low_res = predictor.predict_torch(c, lab, b, multimask_output=multimask)
+        ref_low_res, ref_iou = decode_without_constants(predictor, c, lab, b, multimask)
+        torch.testing.assert_close(iou, ref_iou, rtol=0, atol=ATOL_IOU)
+        # Not bitwise: the projections run on 1 instead of B copies of the image tokens, so
+        # oneDNN may sum in another order (measured up to 1.4e-5 on logits of about 20).
+        torch.testing.assert_close(low_res, ref_low_res, rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING)
+
+
+def test_constants_follow_the_image(golden_model, embeddings):
+    """A new embedding, even one assigned to ``features`` directly (as micro-sam does), gets
+    its own constants."""
+    from napari_mobilesam.engine.predictor import SamPredictor
+
+    (first, size), (second, _) = embeddings
+    point, label = np.array([[200.0, 150.0]]), np.array([1])
+    predictor = SamPredictor(golden_model)
+    predictor.set_image_embedding(first, size)
+    predictor.predict(point_coords=point, point_labels=label)
+    predictor.features = second.clone()
+    _, iou, low_res = predictor.predict(point_coords=point, point_labels=label)
+
+    fresh = SamPredictor(golden_model)
+    fresh.set_image_embedding(second, size)
+    _, ref_iou, ref_low_res = fresh.predict(point_coords=point, point_labels=label)
+    np.testing.assert_array_equal(iou, ref_iou)
+    np.testing.assert_array_equal(low_res, ref_low_res)
