@@ -154,20 +154,21 @@ def test_failed_self_check(synthetic_checkpoint, tmp_path_factory, tmp_path):
     from napari_mobilesam.engine import runtimes
     from napari_mobilesam.model.build import build_mobile_sam
 
-    runtime_model(synthetic_checkpoint, "onnxruntime", tmp_path_factory)  # the session's graphs
+    first = runtimes.AUTO_ORDER[0]
+    runtime_model(synthetic_checkpoint, first, tmp_path_factory)  # the session's graphs
     folder = tmp_path / "graphs"
     shutil.copytree(graph_folder(tmp_path_factory), folder)
-    for check in folder.glob("*/self_check.onnxruntime-*.json"):
+    for check in folder.glob(f"*/self_check.{first}-*.fp32.json"):
         check.write_text(json.dumps({"max_abs_error": 0.5}))
 
     model = build_mobile_sam(synthetic_checkpoint, device="cpu")
     with pytest.raises(RuntimeError, match="differs from the torch encoder"):
-        runtimes.use_runtime(model, "onnxruntime", cache_folder=folder)
+        runtimes.use_runtime(model, first, cache_folder=folder)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         runtimes.use_runtime(model, "auto", cache_folder=folder, progress=lambda m: None)
     assert any("differs from the torch encoder" in str(w.message) for w in record)
-    assert runtimes.runtime_of(model) != "onnxruntime"
+    assert runtimes.runtime_of(model) != first
 
 
 @pytest.mark.golden
