@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-# The repository's CI lays ``shared/`` beside the checkout: <parent>/main and <parent>/shared.
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden"
-SYNTHETIC_CHECKPOINT = GOLDEN_DIR / "synthetic_mobile_sam.pt"
+from golden_cases import GOLDEN_DIR, SYNTHETIC_CHECKPOINT
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import GOLDEN_DIR
+# The repository's CI lays ``shared/`` beside the checkout: <parent>/main and <parent>/shared.
+# Defined here, not in conftest.py: a conftest.py in a test subfolder would shadow the name.
+GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden"
+SYNTHETIC_CHECKPOINT = GOLDEN_DIR / "synthetic_mobile_sam.pt"
 
 # Tolerances from the golden README, section 5. Never loosen them.
 ATOL_EMBEDDING = 1e-4
