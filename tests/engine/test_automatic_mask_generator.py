@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from napari_mobilesam.engine.automatic_mask_generator import SamAutomaticMaskGenerator
+from napari_mobilesam.engine.automatic_mask_generator import SamAutomaticMaskGenerator, _nms_indices
 from napari_mobilesam.engine.mask_records import (
     build_point_grid,
     generate_crop_boxes,
@@ -493,3 +495,37 @@ def test_segment_anything_generator_runs_on_our_model(golden_model, small_image)
         assert abs(a["predicted_iou"] - b["predicted_iou"]) < 1e-4
         assert (a["segmentation"] != b["segmentation"]).sum() <= 2
         assert a["crop_box"] == b["crop_box"]
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.999, 1.0])
+def test_nms_keeps_what_torchvision_keeps(threshold: float) -> None:
+    """The NMS follows torchvision's rule exactly, including IoUs equal to the threshold in
+    float32 (0.3 is 0.30000001 there and is dropped, as torchvision compares in float64)."""
+    from torchvision.ops import nms
+
+    rng = np.random.default_rng(int(threshold * 1000))
+    for _ in range(100):
+        n = int(rng.integers(0, 150))
+        corner = rng.integers(0, 100, size=(n, 2))
+        boxes = torch.as_tensor(np.concatenate([corner, corner + rng.integers(0, 60, (n, 2))], 1))
+        scores = torch.as_tensor(rng.random(n), dtype=torch.float32)
+        expected = nms(boxes.float(), scores, threshold).tolist()
+        assert _nms_indices(boxes, scores, threshold) == expected
+
+
+def test_segmenting_everything_does_not_import_torchvision_ops() -> None:
+    """torchvision.ops loads torch._dynamo and triton, whose LLVM crashes a process that holds
+    a Mesa OpenGL context (napari's canvas): the generator must not need it."""
+    code = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from napari_mobilesam import SamAutomaticMaskGenerator, build_mobile_sam\n"
+        "image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)\n"
+        "gen = SamAutomaticMaskGenerator(build_mobile_sam(None, device='cpu'), points_per_side=2,\n"
+        "    pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=0.5)\n"
+        "gen.generate(image)\n"
+        "print(sorted(m for m in ('torchvision.ops', 'triton') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"

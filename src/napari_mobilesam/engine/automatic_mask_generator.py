@@ -12,7 +12,7 @@ bounded memory:
   (``logits_budget_bytes``); what survives the filters is kept as the packed bits of its
   bounding box (:class:`~.mask_records.PackedMask`), so a 32 x 32 grid on a 4000 x 4000 image
   stays within a few hundred MiB;
-- boxes, filters and NMS work on torch tensors (torchvision's ``batched_nms``).
+- boxes, filters and NMS work on arrays (torchvision's NMS rule, without importing it).
 
 :meth:`SamAutomaticMaskGenerator.generate_steps` is the same computation as a generator that
 yields a :class:`GenerationProgress` after every batch, so a caller can show progress or stop.
@@ -491,11 +491,40 @@ class SamAutomaticMaskGenerator:
 
 # ------------------------------------------------------------------------ helpers
 def _nms_indices(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> list[int]:
-    """Indices kept by box NMS, highest score first (a box is dropped when IoU > threshold)."""
-    from torchvision.ops import batched_nms
+    """Indices kept by greedy box NMS, highest score first.
 
-    groups = torch.zeros(boxes.shape[0], dtype=torch.int64)
-    return batched_nms(boxes.float(), scores, groups, iou_threshold=threshold).tolist()
+    torchvision's ``nms`` rule: boxes XYXY, areas without +1, IoU in float32, a box is dropped
+    when its IoU with a kept box is > ``threshold``. Written out because importing
+    ``torchvision.ops`` loads ``torch._dynamo`` and with it triton, whose LLVM crashes a process
+    that holds a Mesa OpenGL context (napari's canvas). Memory stays O(N): one row of IoUs per
+    kept box, never an N x N matrix.
+
+    Arguments:
+      boxes: (N, 4) XYXY boxes.
+      scores: (N,) scores; ties keep the earlier box.
+    """
+    n = int(boxes.shape[0])
+    if n == 0:
+        return []
+    order = torch.argsort(scores, descending=True, stable=True).numpy()
+    b = boxes.numpy().astype(np.float32)[order]
+    x0, y0, x1, y1 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    areas = (x1 - x0) * (y1 - y0)
+    alive = np.ones(n, dtype=bool)
+    keep = []
+    for i in range(n):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        rest = slice(i + 1, n)
+        width = np.maximum(np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]), 0)
+        height = np.maximum(np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]), 0)
+        inter = width * height
+        with np.errstate(divide="ignore", invalid="ignore"):  # two empty boxes: 0/0, kept
+            iou = inter / (areas[i] + areas[rest] - inter)
+        # The float32 IoU is compared with the threshold in float64, as torchvision does.
+        alive[rest] &= ~(iou.astype(np.float64) > threshold)
+    return order[keep].tolist()
 
 
 def _nms(

@@ -14,7 +14,6 @@ status line and as a notification, never re-raised.
 from __future__ import annotations
 
 import copy
-import sys
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -76,30 +75,10 @@ class EverythingHost(Protocol):
     def _on_progress(self, generation: int, progress: Any) -> None: ...
 
 
-def import_torchvision_ops_without_triton() -> None:
-    """Import ``torchvision.ops`` (the generator's box NMS) without letting it import triton.
-
-    ``torchvision.ops`` imports ``torch._dynamo``, which imports triton when it is installed
-    (CUDA builds of torch on Linux). Loading triton into a process that already holds a Mesa
-    OpenGL context (napari's canvas under Xvfb, software rendering, remote X) crashes the
-    process: both carry their own LLVM. Nothing here compiles with triton, so while
-    ``torchvision.ops`` loads, triton reads as absent; a process that imported triton before
-    napari's canvas existed is left as it is.
-    """
-    if "torchvision.ops" in sys.modules or "triton" in sys.modules:
-        return
-    sys.modules["triton"] = None  # type: ignore[assignment]  # "import triton" fails
-    try:
-        import torchvision.ops  # noqa: F401
-    finally:
-        del sys.modules["triton"]
-
-
 def default_generator(predictor: Any, settings: EverythingSettings) -> Any:
     """A ``SamAutomaticMaskGenerator`` on a predictor of its own around ``predictor``'s model
     (no second copy of the weights): it keeps its embedding between steps, whatever the
     widget's predictor is asked in between."""
-    import_torchvision_ops_without_triton()
     from napari_mobilesam.engine.automatic_mask_generator import SamAutomaticMaskGenerator
 
     twin = copy.copy(predictor)
