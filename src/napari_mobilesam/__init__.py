@@ -10,7 +10,9 @@ torch, and the headless names do not import napari):
 - stacks: :class:`EmbeddingCache`, :class:`DiskEmbeddingCache`, :func:`precompute_stack`,
   :func:`segment_stack` (:class:`Cancelled`), :func:`propagate` with :class:`Seed` and
   :class:`PropagationSettings`; napari layers: :func:`segment_from_layers`, :func:`commit_objects`,
-  :func:`create_aligned_labels`.
+  :func:`create_aligned_labels`;
+- export and encoder runtimes: :func:`export_onnx` (ONNX / OpenVINO files), :func:`use_runtime`
+  and :func:`available_runtimes` (ONNX Runtime or OpenVINO for the image encoder).
 
 The package is layered (see ``docs/architecture.md``): ``model`` (pure torch) <- ``engine``
 (numpy + torch, no napari) <- ``layers`` (napari layers, no widgets) <- ``widget`` (Qt). Modules
@@ -52,15 +54,20 @@ _LAZY = {
     "SamAutomaticMaskGenerator": "engine.automatic_mask_generator",
     "masks_to_labels": "engine.instance_labels",
     "segment_everything": "engine.everything",
+    "export_onnx": "engine.export",
+    "use_runtime": "engine.runtimes",
+    "available_runtimes": "engine.runtimes",
 }
 
 __all__ = [
+    "available_runtimes",
     "build_mobile_sam",
     "Cancelled",
     "CheckpointError",
     "commit_objects",
     "create_aligned_labels",
     "default_cache_folder",
+    "export_onnx",
     "make_nuclei_stack",
     "DiskEmbeddingCache",
     "EmbeddingCache",
@@ -81,6 +88,7 @@ __all__ = [
     "segment_stack",
     "StackEmbeddings",
     "to_uint8_rgb",
+    "use_runtime",
 ]
 
 if TYPE_CHECKING:
@@ -92,6 +100,7 @@ if TYPE_CHECKING:
     )
     from napari_mobilesam.engine.embedding_cache import EmbeddingCache
     from napari_mobilesam.engine.everything import segment_everything
+    from napari_mobilesam.engine.export import export_onnx
     from napari_mobilesam.engine.image_conversion import to_uint8_rgb
     from napari_mobilesam.engine.instance_labels import masks_to_labels
     from napari_mobilesam.engine.mobile_sam import MobileSAM, Results
@@ -102,6 +111,7 @@ if TYPE_CHECKING:
         Seed,
         propagate,
     )
+    from napari_mobilesam.engine.runtimes import available_runtimes, use_runtime
     from napari_mobilesam.engine.stack import StackEmbeddings, precompute_stack, segment_stack
     from napari_mobilesam.engine.transforms import ResizeLongestSide
     from napari_mobilesam.engine.weights import resolve_weights
