@@ -365,3 +365,28 @@ def test_cli_arguments_round_trip(tmp_path, capsys):
     assert args.opset == 17 and args.format == "onnx" and not args.quantize
     assert run_export(args) == 1
     assert "not empty" in capsys.readouterr().err
+
+
+@pytest.mark.golden
+def test_openvino_format_decoder_matches_onnx(exported, sessions, case_data, tmp_path):
+    """The decoder as OpenVINO IR (what --format openvino writes) keeps the dynamic sizes."""
+    pytest.importorskip("openvino", reason='pip install "napari-mobilesam[openvino]"')
+    import openvino as ov
+
+    from napari_mobilesam.engine.export import onnx_to_openvino
+
+    result, _ = exported
+    xml = onnx_to_openvino(result.decoder, tmp_path / "mobile_sam.decoder.xml")
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    embedding = case_data(CASES[0])["image_embedding"]
+    for size in [(480, 640), (3000, 7), (1, 5000)]:
+        inputs = decoder_inputs(
+            embedding, size, np.array([[100.0, 200.0]]), np.array([1]), None, None
+        )
+        masks, iou, low_res = sessions[False].run(None, inputs)
+        out = compiled(inputs)
+        ov_masks, ov_iou, ov_low_res = (out[compiled.output(i)] for i in range(3))
+        assert ov_masks.shape == masks.shape == (1, 1, *size)
+        np.testing.assert_allclose(ov_iou, iou, rtol=0, atol=ATOL_IOU)
+        np.testing.assert_allclose(ov_low_res, low_res, rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING)
+        assert not (((ov_masks > 0) != (masks > 0)) & (np.abs(masks) >= 1e-3)).any()
