@@ -1,0 +1,218 @@
+"""Benchmark of automatic mask generation ("segment everything") on a 1024x1024 image.
+
+Run from the repository root::
+
+    python benchmarks/bench_amg.py                      # 2 rounds, SAM defaults and 16x16
+    python benchmarks/bench_amg.py --repeats 3 --json amg.json
+    python benchmarks/bench_amg.py --segment-anything   # also Meta's generator, if installed
+
+Every figure is the median over ``--repeats`` rounds of one full ``generate(image)`` call (image
+encoding included): wall seconds, and the process's CPU seconds (all threads together; less
+sensitive to other processes than wall time, about wall time x threads on a quiet machine).
+As in ``bench_core.py``, the paths are timed call by call in alternating
+order (forward in even rounds, backward in odd ones), so a change of machine load hits all of
+them alike. Paths:
+
+- ``eager fp32``: ``SamAutomaticMaskGenerator(build_mobile_sam(ckpt, optimize=False))``;
+- ``default``: ``SamAutomaticMaskGenerator(build_mobile_sam(ckpt))``, what the API uses;
+- ``segment-anything`` (with ``--segment-anything``): Meta's own ``SamAutomaticMaskGenerator``
+  (``pip install segment-anything``) around the ``default`` model, the original algorithm.
+
+Configurations: segment-anything's defaults (32 x 32 = 1024 prompts, 3 masks each) and the same
+with 16 points per side (256 prompts). The ``vs original`` column compares with the original
+MobileSAM generator measured earlier on this 2-core machine: about 130 ms per prompt
+(``ORIGINAL_S_PER_PROMPT``), i.e. about 130 s at SAM defaults.
+
+Peak memory comes from a fresh Python process per path (``--rss-child PATH``) that builds the
+model and runs one ``generate`` with 16 points per side: its ``VmHWM``. (The number of points
+does not change the peak: crop-size logits are upscaled in chunks of a fixed byte budget.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import _load_average, cpu_model, peak_rss_mib  # noqa: E402
+
+from napari_mobilesam.engine.automatic_mask_generator import (  # noqa: E402
+    SamAutomaticMaskGenerator,
+)
+from napari_mobilesam.model.build import build_mobile_sam  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO_ROOT.parent / "shared" / "golden" / "synthetic_mobile_sam.pt"
+IMAGE_SIDE = 1024
+ORIGINAL_S_PER_PROMPT = 0.130  # the original MobileSAM generator on this 2-core CPU
+CONFIGS = {"SAM defaults (32x32)": 32, "16x16 points": 16}
+RSS_PREFIX = "RSS_CHILD_JSON "
+
+
+def test_image(side: int = IMAGE_SIDE) -> np.ndarray:
+    """(side, side, 3) uint8: bright discs of several sizes on a textured background."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:side, :side]
+    image = rng.normal(60, 12, (side, side)).clip(0, 255)
+    for _ in range(60):
+        cy, cx = rng.integers(0, side, 2)
+        r = rng.integers(8, 80)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = rng.integers(120, 250)
+    gray = image.astype(np.uint8)
+    return np.stack([gray, np.roll(gray, 3, axis=1), gray // 2 + 60], axis=-1)
+
+
+def make_generators(checkpoint: Path | None, with_sa: bool) -> dict[str, Callable[[int], object]]:
+    """Path name -> factory of a generator with ``points_per_side`` (SAM defaults otherwise)."""
+    eager = build_mobile_sam(checkpoint, device="cpu", optimize=False)
+    default = build_mobile_sam(checkpoint, device="cpu")
+    paths: dict[str, Callable[[int], object]] = {
+        "eager fp32": lambda n: SamAutomaticMaskGenerator(eager, points_per_side=n),
+        "default": lambda n: SamAutomaticMaskGenerator(default, points_per_side=n),
+    }
+    if with_sa:
+        try:
+            from segment_anything import SamAutomaticMaskGenerator as MetaGenerator
+        except ImportError:
+            print("segment-anything is not installed; its column is left out")
+        else:
+            paths["segment-anything"] = lambda n: MetaGenerator(default, points_per_side=n)
+    return paths
+
+
+def time_rounds(
+    paths: dict[str, Callable[[int], object]], image: np.ndarray, repeats: int
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds per generate() for every (config, path), interleaved round by round."""
+    samples: dict[str, dict[str, list[float]]] = {c: {p: [] for p in paths} for c in CONFIGS}
+    cpu: dict[str, dict[str, list[float]]] = {c: {p: [] for p in paths} for c in CONFIGS}
+    counts: dict[str, dict[str, int]] = {c: {} for c in CONFIGS}
+    names = list(paths)
+    for round_ in range(repeats):
+        order = names if round_ % 2 == 0 else names[::-1]
+        for config, n in CONFIGS.items():
+            for name in order:
+                generator = paths[name](n)
+                start, cpu_start = time.perf_counter(), time.process_time()
+                records = generator.generate(image)
+                samples[config][name].append(time.perf_counter() - start)
+                cpu[config][name].append(time.process_time() - cpu_start)
+                counts[config][name] = len(records)
+                print(f"  round {round_}: {config}, {name}: {samples[config][name][-1]:.1f} s")
+    return {"seconds": samples, "cpu_seconds": cpu, "masks": counts}
+
+
+def rss_child(name: str, checkpoint: Path | None) -> dict[str, float]:
+    paths = make_generators(checkpoint, with_sa=name == "segment-anything")
+    image = test_image()
+    paths[name](16).generate(image)
+    return {"peak_rss_mib": peak_rss_mib()}
+
+
+def fresh_process_rss(name: str, checkpoint: Path | None) -> float | None:
+    command = [sys.executable, str(Path(__file__).resolve()), "--rss-child", name]
+    if checkpoint is not None:
+        command += ["--checkpoint", str(checkpoint)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RSS_PREFIX):
+            return json.loads(line[len(RSS_PREFIX) :])["peak_rss_mib"]
+    return None
+
+
+def format_table(timing: dict, rss: dict[str, float | None]) -> str:
+    names = list(next(iter(timing["seconds"].values())))
+    header = ["configuration", "path", "s (median)", "CPU s", "prompts/s", "masks", "vs eager"]
+    header += ["vs original", "peak RSS MiB"]
+    rows = [header]
+    for config, n in CONFIGS.items():
+        prompts = n * n
+        base = statistics.median(timing["seconds"][config]["eager fp32"])
+        for name in names:
+            seconds = statistics.median(timing["seconds"][config][name])
+            rows.append(
+                [
+                    config,
+                    name,
+                    f"{seconds:.1f}",
+                    f"{statistics.median(timing['cpu_seconds'][config][name]):.1f}",
+                    f"{prompts / seconds:.1f}",
+                    str(timing["masks"][config][name]),
+                    f"{base / seconds:.2f}x",
+                    f"{ORIGINAL_S_PER_PROMPT * prompts / seconds:.2f}x",
+                    f"{rss[name]:.0f}" if n == 16 and rss.get(name) else "-",
+                ]
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2, help="rounds (median over them)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None,
+    )
+    parser.add_argument("--segment-anything", action="store_true", help="add Meta's generator")
+    parser.add_argument("--no-rss", action="store_true", help="skip the fresh-process memory")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child is not None:
+        print(RSS_PREFIX + json.dumps(rss_child(args.rss_child, args.checkpoint)), flush=True)
+        return 0
+
+    load_start = _load_average()
+    started = time.perf_counter()
+    print(
+        f"napari-mobilesam automatic mask generation benchmark, {_dt.datetime.now():%Y-%m-%d %H:%M}"
+    )
+    print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}")
+    print(
+        f'cpu: "{cpu_model()}" ({os.cpu_count()} logical CPUs, torch threads '
+        f"{torch.get_num_threads()}), checkpoint: {args.checkpoint or 'random weights'}"
+    )
+    image = test_image()
+    paths = make_generators(args.checkpoint, args.segment_anything)
+    timing = time_rounds(paths, image, args.repeats)
+    del paths
+    rss = (
+        {}
+        if args.no_rss
+        else {
+            name: fresh_process_rss(name, args.checkpoint)
+            for name in timing["masks"][next(iter(CONFIGS))]
+        }
+    )
+    print()
+    print(format_table(timing, rss))
+    load_end = _load_average()
+    print(
+        f"\n{args.repeats} round(s), total {time.perf_counter() - started:.0f} s; load average "
+        f"(1 min) at start / end: {load_start} / {load_end} on {os.cpu_count()} logical CPUs"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"timing": timing, "rss_mib": rss}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
