@@ -324,6 +324,13 @@ class _GraphCache:
     def check_path(self, runtime: str, version: str, precision: str) -> Path:
         return self.folder / f"self_check.{runtime}-{version}.{precision}.json"
 
+    def has(self, runtime: str, version: str) -> bool:
+        """Whether ``runtime``'s graph is already in the cache."""
+        if runtime == "openvino":
+            xml = self.openvino_path(version)
+            return xml.is_file() and xml.with_suffix(".bin").is_file()
+        return self.onnx_path.is_file()
+
     def forget(self, runtime: str, version: str) -> None:
         """Remove a runtime's files (a graph that failed to load is rebuilt from scratch)."""
         paths = [self.onnx_path]
@@ -396,11 +403,14 @@ def _checked_runner(
     Returns the runner and its self-check error; raises RuntimeError when the check fails.
     """
     version = _version(_PACKAGES[runtime][0]) or "unknown"
+    cached = cache.has(runtime, version)
     try:
         runner = _BUILDERS[runtime](cache, precision)
     except MissingExtraError:
         raise
     except Exception as exc:
+        if not cached:
+            raise  # a graph built just now that fails is not a stale cache: report it
         # A cached graph that no longer loads (truncated, written by another version...): one
         # warning, then build it again.
         key = (runtime, str(cache.folder))
@@ -506,7 +516,7 @@ def use_runtime(
             )
         try:
             runner, error = _checked_runner(cache, name, precision)
-        except (RuntimeError, OSError) as exc:
+        except Exception as exc:  # engines raise their own types; "auto" moves on
             if runtime != "auto":
                 raise
             warnings.warn(f"{exc} Trying the next runtime.", RuntimeWarning, stacklevel=2)
