@@ -487,3 +487,34 @@ def test_point_colours_follow_the_widget_state(make_napari_viewer) -> None:
     points.add([[9, 9]])
     assert points.features["positive"].tolist() == [True, False, True]
     assert points.current_face_color == "lime"
+
+
+def test_runtime_choice_reaches_the_loader_and_names_missing_extras(
+    make_napari_viewer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from napari_mobilesam.widget import controls
+
+    viewer, image, widget = fake_dock(make_napari_viewer, np.zeros((30, 40), np.uint16))
+    installed = [c for c in ("onnxruntime", "openvino") if importlib.util.find_spec(c)]
+    assert list(widget._runtime_combo.choices) == ["torch", "auto", *installed]
+    assert widget.runtime == "torch" and widget.loader.runtime_choice == "torch"
+    assert widget.loader.is_loaded(None, "cpu")  # the shared stand-in, run by torch
+
+    widget.runtime = "auto"  # the next run builds the model again, its encoder chosen by auto
+    assert widget.loader.runtime_choice == "auto"
+    assert not widget.loader.is_loaded(None, "cpu")
+
+    # Without the runtimes' packages only torch and auto are offered; the tooltip says what
+    # to install.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("onnxruntime", "openvino") else real_find_spec(name, *a),
+    )
+    choices, tooltip = controls._runtime_choices()
+    assert choices == ["torch", "auto"]
+    assert 'pip install "napari-mobilesam[onnx]"' in tooltip
+    assert 'pip install "napari-mobilesam[openvino]"' in tooltip

@@ -54,6 +54,8 @@ class PredictorLoader:
         self.source: Path | None = None  # the weights file the predictor was built from
         # Devices that failed while running the model: the CPU stands in for them.
         self._failed: set[str] = set()
+        # What runs the image encoder when a call does not say (the widget's runtime choice).
+        self.runtime_choice = "torch"
 
     @property
     def device(self) -> str | None:
@@ -91,9 +93,10 @@ class PredictorLoader:
         self._failed.clear()
 
     def is_loaded(
-        self, weights: str | Path | None, device: str = "auto", runtime: str = "torch"
+        self, weights: str | Path | None, device: str = "auto", runtime: str | None = None
     ) -> bool:
         """Whether :meth:`get` would return without building."""
+        runtime = self.runtime_choice if runtime is None else runtime
         return self._key == (weights_path(weights), self._device_for(device), runtime)
 
     def get(
@@ -101,7 +104,7 @@ class PredictorLoader:
         weights: str | Path | None,
         device: str = "auto",
         progress: Any = True,
-        runtime: str = "torch",
+        runtime: str | None = None,
         message: Any = None,
     ) -> Any:
         """The ``SamPredictor`` for ``weights`` on ``device``, its encoder run by ``runtime``.
@@ -112,8 +115,10 @@ class PredictorLoader:
         ``runtime`` is one of :data:`napari_mobilesam.engine.runtimes.RUNTIME_CHOICES` (see
         :func:`~napari_mobilesam.engine.runtimes.use_runtime`; which are installed:
         :func:`~napari_mobilesam.engine.runtimes.available_runtimes`); ``message`` receives the
-        one-time notices of building a runtime's graph (default: printed to stderr).
+        one-time notices of building a runtime's graph (default: printed to stderr). ``None``
+        means :attr:`runtime_choice`.
         """
+        runtime = self.runtime_choice if runtime is None else runtime
         key = (weights_path(weights), self._device_for(device), runtime)
         with self._lock:
             if self._key != key:

@@ -27,8 +27,6 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +41,18 @@ from napari_mobilesam.engine.export import (
     exportable_copy,
     require,
 )
+from napari_mobilesam.engine.runtime_status import (  # noqa: F401  (part of this API)
+    _PACKAGES,
+    RUNTIME_CHOICES,
+    RUNTIMES,
+    RuntimeStatus,
+    _version,
+    available_runtimes,
+)
 
 if TYPE_CHECKING:
     from napari_mobilesam.model.sam import Sam
 
-RUNTIMES = ("torch", "onnxruntime", "openvino")
-RUNTIME_CHOICES = ("auto", *RUNTIMES)
 # "auto" tries these in order on a CPU: fastest first. OpenVINO's float32 encoder was faster
 # than ONNX Runtime's in every run of benchmarks/bench_runtimes.py (0.69 to 0.82 of ONNX
 # Runtime's time on an AVX-512 CPU); ONNX Runtime peaks about 45 MiB lower.
@@ -68,51 +72,6 @@ BF16_MIN_MASK_IOU = 0.97  # each mask against the float32 reference mask
 
 # Bump when the exported encoder graph changes for the same weights, torch and opset.
 GRAPH_FORMAT = 1
-
-_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "openvino")}
-
-
-@dataclass(frozen=True)
-class RuntimeStatus:
-    """Whether a runtime can be used here, and why not.
-
-    Attributes:
-      name: "torch", "onnxruntime" or "openvino".
-      available: the packages it needs are installed.
-      version: the runtime package's version, when installed.
-      reason: why it is unavailable (names the pip extra), "" when available.
-    """
-
-    name: str
-    available: bool
-    version: str | None
-    reason: str = ""
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def available_runtimes() -> dict[str, RuntimeStatus]:
-    """Every runtime with its availability, in :data:`RUNTIMES` order; imports nothing heavy.
-
-    A widget can list all three and disable the unavailable ones with ``reason`` as tooltip.
-    """
-    statuses = {"torch": RuntimeStatus("torch", True, torch.__version__)}
-    for name, (package, extra) in _PACKAGES.items():
-        needed = [package, "onnx"]
-        missing = [p for p in needed if importlib.util.find_spec(p) is None]
-        if missing:
-            reason = (
-                f'{" and ".join(missing)} not installed: pip install "napari-mobilesam[{extra}]"'
-            )
-            statuses[name] = RuntimeStatus(name, False, _version(package), reason)
-        else:
-            statuses[name] = RuntimeStatus(name, True, _version(package))
-    return statuses
 
 
 def bf16_supported() -> tuple[bool, str]:

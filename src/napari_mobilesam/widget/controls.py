@@ -20,6 +20,7 @@ from napari.layers import Image, Labels, Layer, Points, Shapes
 from qtpy.QtWidgets import QGridLayout, QWidget
 
 from napari_mobilesam.engine.predictor_loader import DEVICE_CHOICES, weights_path
+from napari_mobilesam.engine.runtime_status import available_runtimes
 from napari_mobilesam.widget.sections import FormSection, ScrollColumn, breakable, wrapping_label
 
 POSITIVE_CHOICE = "positive (object)"
@@ -72,6 +73,8 @@ class MobileSAMControls(Container):
             tooltip="Empty: the environment variable, the cache, then a download.",
         )  # fmt: skip
         self._device_combo = ComboBox(choices=list(DEVICE_CHOICES), value="auto")
+        runtimes, runtime_help = _runtime_choices()
+        self._runtime_combo = ComboBox(choices=runtimes, value="torch", tooltip=runtime_help)
         self._live_check = CheckBox(text="live preview", value=True)
         self._multimask_check = CheckBox(text="multimask (3 candidates, J)", value=True)
         self._protect_check = CheckBox(text="protect existing labels", value=True)
@@ -117,7 +120,11 @@ class MobileSAMControls(Container):
         )
         self.model_section = FormSection("Model")
         self.model_section.add_rows(
-            [("weights", self._weights_edit), ("device", self._device_combo)]
+            [
+                ("weights", self._weights_edit),
+                ("device", self._device_combo),
+                ("runtime", self._runtime_combo),
+            ]
         )
         self.keys_section = FormSection("Keys", expanded=False)
         self.keys_section.add_rows((key, Label(value=text)) for key, text in KEY_HELP)
@@ -238,6 +245,16 @@ class MobileSAMControls(Container):
         self._device_combo.value = value
 
     @property
+    def runtime(self) -> str:
+        """What runs the image encoder: ``torch``, ``auto`` (the fastest installed runtime that
+        passes its self-check on a CPU), ``onnxruntime`` or ``openvino`` (when installed)."""
+        return str(self._runtime_combo.value)
+
+    @runtime.setter
+    def runtime(self, value: str) -> None:
+        self._runtime_combo.value = value
+
+    @property
     def live(self) -> bool:
         """Whether prompt edits re-segment automatically."""
         return bool(self._live_check.value)
@@ -297,3 +314,16 @@ def _button_grid(*buttons: PushButton, columns: int = 2) -> QWidget:
     for index, button in enumerate(buttons):
         layout.addWidget(button.native, index // columns, index % columns)
     return grid
+
+
+def _runtime_choices() -> tuple[list[str], str]:
+    """The encoder runtimes this installation can offer, and a tooltip that names the extra
+    for each missing one (checked without importing torch or the runtimes)."""
+    statuses = available_runtimes()
+    choices = ["torch", "auto"] + [n for n, s in statuses.items() if n != "torch" and s.available]
+    lines = [
+        "What runs the image encoder. torch: the default. auto: the fastest installed runtime",
+        "that agrees with torch on a one-time check (its graph is built once, then cached).",
+    ]
+    lines += [f"{name}: {status.reason}" for name, status in statuses.items() if status.reason]
+    return choices, "\n".join(lines)

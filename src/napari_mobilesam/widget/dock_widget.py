@@ -321,6 +321,7 @@ class MobileSAMWidget(MobileSAMControls):
         self._polarity_combo.changed.connect(self._on_polarity_choice)
         self._weights_edit.changed.connect(self._on_model_choice)
         self._device_combo.changed.connect(self._on_model_choice)
+        self._runtime_combo.changed.connect(self._on_model_choice)
         self._live_check.changed.connect(self._on_live_toggled)
         self._multimask_check.changed.connect(self._invalidate)
         self._segment_button.changed.connect(self._on_segment_clicked)
@@ -484,6 +485,7 @@ class MobileSAMWidget(MobileSAMControls):
         # Embeddings depend on the weights; the predictor is rebuilt on the next run.
         self.cache.clear()
         self.loader.forget_failures()  # picking a device again retries one that failed
+        self.loader.runtime_choice = self.runtime
         self._device_label.value = "not loaded yet"
         self._invalidate()
 
@@ -763,7 +765,9 @@ class MobileSAMWidget(MobileSAMControls):
         if self.loader.device is not None:
             path = self.loader.source
             source = "random weights" if path is None else path.name
-            self._device_label.value = f"{self.loader.device} ({source})"
+            runtime = self.loader.runtime
+            encoder = "" if runtime in (None, "torch") else f", encoder: {runtime}"
+            self._device_label.value = f"{self.loader.device} ({source}{encoder})"
 
 
 def _has_skipped(prompts: PlanePrompts) -> bool:
