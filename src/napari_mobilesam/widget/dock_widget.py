@@ -102,8 +102,13 @@ class _CloseWatcher(QObject):
             window.installEventFilter(self)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        widget = getattr(self, "_widget", None)
+        if widget is None:
+            # Qt can still deliver events while Python tears this object down (its attributes
+            # are already gone): there is nothing left to watch.
+            return False
         kind = event.type()
-        if watched is self._widget:
+        if watched is widget:
             if kind == QEvent.Type.Close or (
                 kind == QEvent.Type.ParentChange and watched.parent() is None
             ):
