@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from napari.layers import Labels
 
-from napari_mobilesam.layers.labels_writer import LabelsError, next_label_id
+from napari_mobilesam.layers.labels_writer import LabelsError, next_label_id, writable_data
 from napari_mobilesam.layers.plane import PlaneRef
 
 
@@ -39,25 +39,6 @@ class LabelImageReport:
     written: int = 0
     protected: int = 0
     skipped: int = 0
-
-
-def _check_layer(labels: Labels) -> np.ndarray:
-    data = labels.data
-    if not isinstance(data, np.ndarray):
-        raise LabelsError(
-            f"Labels layer '{labels.name}' holds {type(data).__name__} data; writing needs an "
-            "in-memory numpy array (use np.asarray on the data)."
-        )
-    if data.dtype.kind not in "iu":
-        raise LabelsError(
-            f"Labels layer '{labels.name}' has dtype {data.dtype}; label ids need an integer dtype."
-        )
-    if not data.flags.writeable:
-        raise LabelsError(
-            f"Labels layer '{labels.name}' is read-only; give it a writable copy "
-            "(layer.data = layer.data.copy())."
-        )
-    return data
 
 
 def _check_plane(labels: Labels, plane: PlaneRef, label_image: np.ndarray) -> None:
@@ -104,7 +85,7 @@ def write_label_image(
         LabelsError: the layer cannot be written or cannot hold the new ids (its dtype is too
             small); nothing was written then.
     """
-    data = _check_layer(labels)
+    data = writable_data(labels)
     report = LabelImageReport()
     writes: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
     found: set[int] = set()

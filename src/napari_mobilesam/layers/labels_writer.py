@@ -107,6 +107,30 @@ def check_target(labels: Labels, image: Layer) -> None:
         )
 
 
+def writable_data(labels: Labels) -> np.ndarray:
+    """The layer's data, if a commit can write it: an in-memory, writable integer numpy array.
+
+    Raises:
+        LabelsError: saying what to do otherwise (dask or zarr data, a float dtype, read-only).
+    """
+    data = labels.data
+    if not isinstance(data, np.ndarray):
+        raise LabelsError(
+            f"Labels layer '{labels.name}' holds {type(data).__name__} data; writing needs an "
+            "in-memory numpy array (use np.asarray on the data)."
+        )
+    if data.dtype.kind not in "iu":
+        raise LabelsError(
+            f"Labels layer '{labels.name}' has dtype {data.dtype}; label ids need an integer dtype."
+        )
+    if not data.flags.writeable:
+        raise LabelsError(
+            f"Labels layer '{labels.name}' is read-only; give it a writable copy "
+            "(layer.data = layer.data.copy())."
+        )
+    return data
+
+
 def next_label_id(labels: Labels) -> int:
     """``max + 1`` of the layer's data (1 for an empty layer).
 
@@ -169,21 +193,7 @@ def _planned_writes(
             or any mask of any object does not lie inside it (another layer's planes, a mask
             of the wrong shape, a slice outside the layer).
     """
-    data = labels.data
-    if not isinstance(data, np.ndarray):
-        raise LabelsError(
-            f"Labels layer '{labels.name}' holds {type(data).__name__} data; writing needs an "
-            "in-memory numpy array (use np.asarray on the data)."
-        )
-    if data.dtype.kind not in "iu":
-        raise LabelsError(
-            f"Labels layer '{labels.name}' has dtype {data.dtype}; label ids need an integer dtype."
-        )
-    if not data.flags.writeable:
-        raise LabelsError(
-            f"Labels layer '{labels.name}' is read-only; give it a writable copy "
-            "(layer.data = layer.data.copy())."
-        )
+    data = writable_data(labels)
     shape = data.shape
     planned: list[list[tuple[np.ndarray, ...]]] = []
     for number, obj in enumerate(objects):
