@@ -246,9 +246,11 @@ class StackRunner:
         else:  # propagation
             done = item.done
             text = f"plane {item.plane}: {item.active_objects} object(s) still followed"
+        # The status first: napari's bar update can process events, and with them later steps
+        # (or Cancel), whose text must not be overwritten by this older one.
+        self.widget._set_status(text)
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
-        self.widget._set_status(text)
 
     def _on_returned(self, kind: str, result: Any) -> None:
         if self.widget._closed:
