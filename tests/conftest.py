@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from golden_cases import GOLDEN_DIR, SYNTHETIC_CHECKPOINT
@@ -31,3 +32,17 @@ def golden_model(synthetic_checkpoint: Path):
     from napari_mobilesam import build_mobile_sam
 
     return build_mobile_sam(synthetic_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def case_data(golden_dir: Path):
+    """``load(name)``: the arrays of one golden predictor case file, read once per session."""
+    cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def load(name: str) -> dict[str, np.ndarray]:
+        if name not in cache:
+            with np.load(golden_dir / "cases" / name) as z:
+                cache[name] = {key: z[key] for key in z.files}
+        return cache[name]
+
+    return load

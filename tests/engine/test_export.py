@@ -63,19 +63,6 @@ def sessions(exported):
 
 
 @pytest.fixture(scope="session")
-def case_data(golden_dir):
-    cache: dict[str, dict[str, np.ndarray]] = {}
-
-    def load(name: str) -> dict[str, np.ndarray]:
-        if name not in cache:
-            with np.load(golden_dir / "cases" / name) as z:
-                cache[name] = {key: z[key] for key in z.files}
-        return cache[name]
-
-    return load
-
-
-@pytest.fixture(scope="session")
 def onnx_embedding(sessions, case_data):
     """The ONNX encoder's embedding of each case, from the raw image as a tool would make it."""
     from napari_mobilesam.engine.transforms import ResizeLongestSide

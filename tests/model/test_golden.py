@@ -29,19 +29,6 @@ CASES = [p.name for p in case_files()] or ["<no golden cases>"]
 PROMPT_SETS = prompt_set_ids() or [("<no golden cases>", 0)]
 
 
-@pytest.fixture(scope="module")
-def case_data(golden_dir):
-    cache: dict[str, dict[str, np.ndarray]] = {}
-
-    def load(name: str) -> dict[str, np.ndarray]:
-        if name not in cache:
-            with np.load(golden_dir / "cases" / name) as z:
-                cache[name] = {key: z[key] for key in z.files}
-        return cache[name]
-
-    return load
-
-
 @pytest.fixture(scope="module", params=["default", "eager", *ENGINE_RUNTIMES])
 def model(request, synthetic_checkpoint, tmp_path_factory):
     """Every model path users can get: the default (optimised) one, the plain eager one, and the
