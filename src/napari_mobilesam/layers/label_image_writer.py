@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from napari.layers import Labels
 
-from napari_mobilesam.layers.labels_writer import LabelsError, next_label_id, writable_data
+from napari_mobilesam.layers.labels_writer import (
+    LabelsError,
+    Written,
+    next_label_id,
+    observed_write,
+    writable_data,
+)
 from napari_mobilesam.layers.plane import PlaneRef
 
 
@@ -66,7 +72,11 @@ def _check_plane(labels: Labels, plane: PlaneRef, label_image: np.ndarray) -> No
 
 
 def write_label_image(
-    labels: Labels, planes: Mapping[PlaneRef, np.ndarray], protect: bool = True
+    labels: Labels,
+    planes: Mapping[PlaneRef, np.ndarray],
+    protect: bool = True,
+    *,
+    mode: str | None = None,
 ) -> LabelImageReport:
     """Write label images into ``labels``: new ids above the layer's, one undo step.
 
@@ -77,6 +87,8 @@ def write_label_image(
             An id used on several planes is one object (a 3D object keeps one new id).
         protect: when true, only pixels that are 0 in the layer are written; an object whose
             pixels are all taken is skipped and gets no id.
+        mode: the run's name for the layer's observers (default ``"everything"``; see
+            :class:`~napari_mobilesam.layers.labels_writer.Written`).
 
     Returns:
         A :class:`LabelImageReport`; ``ids`` is empty when nothing was written.
@@ -126,11 +138,14 @@ def write_label_image(
     # Old id -> new id, consecutive in the order of the old ids.
     mapping = np.zeros(int(survivors[-1]) + 1, dtype=np.int64)
     mapping[survivors] = np.arange(first, last + 1, dtype=np.int64)
-    with labels.block_history():
-        for indices, ids in writes:
-            if ids.size:
-                labels.data_setitem(indices, mapping[ids].astype(data.dtype), refresh=False)
-                report.written += int(ids.size)
-    labels.refresh()
-    report.ids = list(range(first, last + 1))
+    with observed_write(labels) as outcome:
+        with labels.block_history():
+            for indices, ids in writes:
+                if ids.size:
+                    labels.data_setitem(indices, mapping[ids].astype(data.dtype), refresh=False)
+                    report.written += int(ids.size)
+        labels.refresh()
+        report.ids = list(range(first, last + 1))
+        id_map = {int(old): int(mapping[old]) for old in survivors}
+        outcome.append(Written("label_image", [planes], report.ids, protect, id_map, mode))
     return report

@@ -7,8 +7,11 @@ Writing to ``labels.data`` directly would bypass the undo history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 from napari.layers import Labels, Layer
@@ -48,6 +51,70 @@ class WriteReport:
     def protected_total(self) -> int:
         """Pixels left alone across all objects, including the skipped ones."""
         return sum(self.protected) + self.protected_in_skipped
+
+
+@dataclass(frozen=True)
+class Written:
+    """What one write put into a Labels layer, as its observers (a project folder) see it.
+
+    Attributes:
+        kind: ``"objects"`` (:func:`write_objects`) or ``"label_image"`` (a label image).
+        sources: per object, what the caller passed (a ``SegmentedObject``, a propagated
+            ``PlaneMasks``, a ``{plane: mask}`` mapping); for a label image, its
+            ``{plane: label image}`` mapping alone.
+        ids: per source object, the id it was written with (None: it wrote nothing); for a
+            label image, the new ids.
+        id_map: label image only: id in the label image -> id written.
+        protect: whether existing labels were kept.
+        mode: the caller's name for the run (``"refine"``, ``"seeds"``...), or None.
+    """
+
+    kind: str
+    sources: Sequence[Any]
+    ids: Sequence[int | None]
+    protect: bool
+    id_map: Mapping[int, int] = field(default_factory=dict)
+    mode: str | None = None
+
+
+class WriteObserver(Protocol):
+    """Told before and after every write of this module's writers into one Labels layer."""
+
+    def write_started(self, labels: Labels) -> None: ...
+
+    def write_finished(self, labels: Labels, written: Written | None) -> None: ...
+
+
+# Observers per layer; a removed layer takes its observers with it.
+_OBSERVERS: weakref.WeakKeyDictionary[Labels, list[WriteObserver]] = weakref.WeakKeyDictionary()
+
+
+def add_write_observer(labels: Labels, observer: WriteObserver) -> None:
+    """Call ``observer`` around every write into ``labels`` (it must not raise)."""
+    _OBSERVERS.setdefault(labels, []).append(observer)
+
+
+def remove_write_observer(labels: Labels, observer: WriteObserver) -> None:
+    """Stop calling ``observer`` for ``labels``."""
+    observers = _OBSERVERS.get(labels, [])
+    if observer in observers:
+        observers.remove(observer)
+
+
+@contextlib.contextmanager
+def observed_write(labels: Labels) -> Iterator[list[Written]]:
+    """Tell the layer's observers that a write starts; the block appends what it wrote (or
+    nothing, when it failed or wrote nothing), and the observers hear it when the block ends,
+    before the writer returns."""
+    observers = list(_OBSERVERS.get(labels, ()))
+    for observer in observers:
+        observer.write_started(labels)
+    outcome: list[Written] = []
+    try:
+        yield outcome
+    finally:
+        for observer in observers:
+            observer.write_finished(labels, outcome[0] if outcome else None)
 
 
 def placement_kwargs(layer: Layer) -> dict[str, object]:
@@ -154,7 +221,12 @@ def _check_fits(labels: Labels, label_id: int) -> None:
 
 
 def write_masks(
-    labels: Labels, masks: Sequence[tuple[PlaneRef, np.ndarray]], protect: bool = True
+    labels: Labels,
+    masks: Sequence[tuple[PlaneRef, np.ndarray]],
+    protect: bool = True,
+    *,
+    sources: Sequence[Any] | None = None,
+    mode: str | None = None,
 ) -> WriteReport:
     """Write each mask with a new id (``max + 1``, then counting up), as one undo step.
 
@@ -164,8 +236,10 @@ def write_masks(
         protect: when true, only pixels that are 0 are written, so committed objects and other
             labels are never overwritten; an object overlapping an earlier one of the same commit
             keeps the earlier one's pixels too.
+        sources, mode: as in :func:`write_objects`.
     """
-    return write_objects(labels, [{plane: mask} for plane, mask in masks], protect)
+    objects = [{plane: mask} for plane, mask in masks]
+    return write_objects(labels, objects, protect, sources=sources, mode=mode)
 
 
 def _plane_fits(plane: PlaneRef, mask_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
@@ -214,7 +288,12 @@ def _planned_writes(
 
 
 def write_objects(
-    labels: Labels, objects: Sequence[Mapping[PlaneRef, np.ndarray]], protect: bool = True
+    labels: Labels,
+    objects: Sequence[Mapping[PlaneRef, np.ndarray]],
+    protect: bool = True,
+    *,
+    sources: Sequence[Any] | None = None,
+    mode: str | None = None,
 ) -> WriteReport:
     """Write objects that may span several planes: one new id per object, one undo step.
 
@@ -222,6 +301,9 @@ def write_objects(
         labels: the target layer, already checked with :func:`check_target`.
         objects: per object, its (H, W) bool masks by plane (e.g. a propagated 3D object).
         protect: as in :func:`write_masks`.
+        sources: per object, what it was made from (a ``SegmentedObject``...), for observers
+            of the layer (see :class:`Written`); default: ``objects`` themselves.
+        mode: the run's name for observers (``"refine"``...); default: from the sources.
     """
     report = WriteReport()
     if not objects:
@@ -231,6 +313,26 @@ def write_objects(
     planned = _planned_writes(labels, objects)
     label_id = first_id = next_label_id(labels)
     _check_fits(labels, label_id + len(objects) - 1)
+    assigned: list[int | None] = []
+    with observed_write(labels) as outcome:
+        _write_planned(labels, planned, protect, report, label_id, first_id, assigned)
+        if report.ids:
+            given = list(objects) if sources is None else list(sources)
+            outcome.append(Written("objects", given, assigned, protect, mode=mode))
+    return report
+
+
+def _write_planned(
+    labels: Labels,
+    planned: list[list[tuple[np.ndarray, ...]]],
+    protect: bool,
+    report: WriteReport,
+    label_id: int,
+    first_id: int,
+    assigned: list[int | None],
+) -> None:
+    """The writes of :func:`write_objects`, as one undo step; ``assigned`` gets each object's
+    id (None for one that wrote nothing)."""
     with labels.block_history():
         for obj in planned:
             written = protected = 0
@@ -250,10 +352,11 @@ def write_objects(
             if written == 0:
                 report.skipped += 1
                 report.protected_in_skipped += protected
+                assigned.append(None)
                 continue
             report.ids.append(label_id)
             report.written.append(written)
             report.protected.append(protected)
+            assigned.append(label_id)
             label_id += 1
     labels.refresh()
-    return report
