@@ -344,7 +344,7 @@ def test_quantize_only_for_onnx(tmp_path, synthetic_checkpoint):
 def test_cli_arguments_round_trip(tmp_path, capsys):
     import argparse
 
-    from napari_mobilesam.engine.export import add_export_arguments, run_export
+    from napari_mobilesam.cli.export_command import add_export_arguments, run_export
 
     parser = add_export_arguments(argparse.ArgumentParser(prog="export"))
     (tmp_path / "x").write_text("x")

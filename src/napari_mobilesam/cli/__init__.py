@@ -186,14 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(argv: list[str]) -> int:
-    try:
-        from napari_mobilesam.engine.export import add_export_arguments, run_export
-    except ImportError:
-        print("export is not available in this version of napari-mobilesam.", file=sys.stderr)
-        return EXIT_USAGE
-    parser = argparse.ArgumentParser(prog="napari-mobilesam export")
-    add_export_arguments(parser)
-    return run_export(parser.parse_args(argv))
+    from napari_mobilesam.cli.export_command import main as export_main
+
+    return export_main(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

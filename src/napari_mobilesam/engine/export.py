@@ -14,8 +14,7 @@ With ``format="openvino"`` the same graphs are written as OpenVINO IR (``.xml`` 
 float32 weights). Every file is written to a temporary name in the output folder and renamed
 into place, so an interrupted export never leaves a truncated graph under the final name.
 
-The CLI (``python -m napari_mobilesam export``) plugs in :func:`add_export_arguments` and
-:func:`run_export`.
+The ``export`` command's arguments live in :mod:`napari_mobilesam.cli.export_command`.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import copy
 import json
 import os
 import platform
-import sys
 import tempfile
 import uuid
 import warnings
@@ -35,8 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import argparse
-
     from napari_mobilesam.model.sam import Sam
 
 FORMATS = ("onnx", "openvino")
@@ -515,66 +511,3 @@ def export_onnx(
     _write_text_atomic(metadata_path, json.dumps(meta, indent=2) + "\n")
     say(f"Wrote {', '.join(sorted(files.values()))} and {METADATA_NAME} to {out}")
     return ExportResult(finals[ENCODER_STEM], finals[DECODER_STEM], metadata_path, extra)
-
-
-# --------------------------------------------------------------------------------- the CLI
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``export`` command's options to ``parser`` (a subcommand parser)."""
-    parser.add_argument(
-        "--weights",
-        default=None,
-        help="MobileSAM weights (.pt); default: $NAPARI_MOBILESAM_WEIGHTS, the cache, a download",
-    )
-    parser.add_argument("--out", required=True, help="output folder (created; must be empty)")
-    parser.add_argument(
-        "--format", choices=FORMATS, default="onnx", help="onnx (default) or openvino (IR)"
-    )
-    parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
-    )
-    parser.add_argument(
-        "--quantize",
-        action="store_true",
-        help="dynamic int8 quantisation (ONNX only; smaller and approximate, see README)",
-    )
-    parser.add_argument(
-        "--multimask",
-        action="store_true",
-        help="decoder returns the 3 candidate masks instead of the single-object mask",
-    )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace the export files in a non-empty folder"
-    )
-    return parser
-
-
-def run_export(args: argparse.Namespace) -> int:
-    """Run an export from parsed arguments; prints progress, returns the exit status."""
-    from napari_mobilesam.model.checkpoint import CheckpointError
-
-    try:
-        result = export_onnx(
-            args.weights,
-            args.out,
-            opset=args.opset,
-            quantize=args.quantize,
-            format=args.format,
-            overwrite=args.overwrite,
-            multimask=args.multimask,
-            progress=lambda message: print(message, file=sys.stderr),
-        )
-    except (
-        FileExistsError,
-        PermissionError,
-        FileNotFoundError,
-        CheckpointError,
-        MissingExtraError,
-        ValueError,
-    ) as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 1
-    for path in result.files:
-        print(path)
-    return 0
