@@ -72,8 +72,8 @@ def make_stack(folder: Path, planes: int, size: int) -> Path:
 
 
 def run_once(scheduler: str, stack: Path, weights: Path, device: str, workers: int) -> dict:
-    from napari_mobilesam.engine.batch import ModelSpec, Task, run_tasks
-    from napari_mobilesam.engine.batch_io import napari_contrast_limits, open_source
+    from napari_mobilesam.batch.files import napari_contrast_limits, open_source
+    from napari_mobilesam.batch.tasks import ModelSpec, Task, run_tasks
 
     source = open_source(stack)
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-"))

@@ -3,8 +3,10 @@
 Each layer imports only the layers below it (and itself); nothing inside the package imports the
 package ``__init__``; the module import graph has no cycle; the model and the engine run without
 napari or Qt. The command line, ``cli/``, sits above the engine beside ``layers``/``widget``:
-it imports only the engine and the model, never napari or Qt, and nothing but
-``napari_mobilesam.__main__`` imports it.
+it imports only ``batch/``, the engine and the model, never napari or Qt, and nothing but
+``napari_mobilesam.__main__`` imports it. ``batch/`` (tasks and schedulers of the command line)
+sits between: it imports only the engine and the model, never napari or Qt, and only ``cli/``
+imports it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ LAYERS = ("model", "engine", "layers", "widget")  # bottom to top
 GUI_ROOTS = {"napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui", "superqt"}
 QT_ROOTS = GUI_ROOTS - {"napari"}
 CLI = f"{PACKAGE}.cli"
+BATCH = f"{PACKAGE}.batch"
 TOP = {PACKAGE, f"{PACKAGE}.__main__"}  # above every layer
 
 
@@ -68,12 +71,20 @@ def _is_cli(module: str) -> bool:
     return module == CLI or module.startswith(CLI + ".")
 
 
+def _is_batch(module: str) -> bool:
+    return module == BATCH or module.startswith(BATCH + ".")
+
+
 MODULES = _modules()
 
 
 def test_every_module_sits_in_a_layer() -> None:
-    loose = [m for m in MODULES if m not in TOP and _layer(m) is None and not _is_cli(m)]
-    assert loose == [], f"modules outside model/engine/layers/widget: {loose}"
+    loose = [
+        m
+        for m in MODULES
+        if m not in TOP and _layer(m) is None and not _is_cli(m) and not _is_batch(m)
+    ]
+    assert loose == [], f"modules outside model/engine/layers/widget/batch/cli: {loose}"
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if _layer(m) is not None])
@@ -90,6 +101,8 @@ def test_imports_go_downward_only(module: str) -> None:
                 problems.append(f"imports {target} from a higher layer")
             elif _is_cli(target):
                 problems.append(f"imports {target}: only __main__ imports the command line")
+            elif _is_batch(target):
+                problems.append(f"imports {target}: only the command line imports batch")
         elif root in GUI_ROOTS and own <= LAYERS.index("engine"):
             problems.append(f"imports {target}: the model and the engine have no napari or Qt")
         elif root in QT_ROOTS and own == LAYERS.index("layers"):
@@ -110,6 +123,32 @@ def test_cli_sits_on_the_engine(module: str) -> None:
         elif root in GUI_ROOTS:
             problems.append(f"imports {target}: the command line has no napari or Qt")
     assert problems == [], f"{module}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if _is_batch(m)])
+def test_batch_sits_on_the_engine(module: str) -> None:
+    problems = []
+    for target in _imports(module, MODULES[module]):
+        root = target.split(".")[0]
+        layer = _layer(target)
+        if target == PACKAGE:
+            problems.append("imports the package __init__ (import from the defining module)")
+        elif root == PACKAGE and layer is not None and layer > LAYERS.index("engine"):
+            problems.append(f"imports {target}: batch uses the engine and model only")
+        elif _is_cli(target):
+            problems.append(f"imports {target}: the command line sits above batch")
+        elif root in GUI_ROOTS:
+            problems.append(f"imports {target}: batch has no napari or Qt")
+    assert problems == [], f"{module}: " + "; ".join(problems)
+
+
+def test_only_the_command_line_imports_batch() -> None:
+    users = sorted(
+        m
+        for m, path in MODULES.items()
+        if not _is_batch(m) and not _is_cli(m) and any(_is_batch(t) for t in _imports(m, path))
+    )
+    assert users == []
 
 
 def test_no_import_cycles() -> None:
@@ -134,9 +173,9 @@ def test_no_import_cycles() -> None:
 
 
 def test_model_and_engine_import_without_napari_or_qt() -> None:
-    """In a fresh process, importing every model, engine and command-line module loads no GUI
-    package."""
-    names = [m for m in MODULES if _layer(m) in (0, 1) or _is_cli(m)]
+    """In a fresh process, importing every model, engine, batch and command-line module loads no
+    GUI package."""
+    names = [m for m in MODULES if _layer(m) in (0, 1) or _is_cli(m) or _is_batch(m)]
     code = (
         "import importlib, sys\n"
         f"for name in {names!r}:\n"

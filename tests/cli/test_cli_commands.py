@@ -63,7 +63,7 @@ def test_embed_fills_the_cache_the_plugin_reads(
     import tifffile
     from PIL import Image
 
-    from napari_mobilesam.engine.batch import ModelSpec, get_model
+    from napari_mobilesam.batch.tasks import ModelSpec, get_model
     from napari_mobilesam.engine.embedding_cache import EmbeddingCache
     from napari_mobilesam.engine.predictor import SamPredictor
     from napari_mobilesam.layers.segment import ensure_embedding

@@ -56,8 +56,8 @@ def test_local_cluster_writes_the_same_bytes_as_threads(
 def test_a_worker_killed_mid_run_still_gives_the_complete_result(
     six_planes: Path, threads_cache: dict, synthetic_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from napari_mobilesam.engine.batch import DONE, ModelSpec, Task, run_tasks
-    from napari_mobilesam.engine.batch_io import napari_contrast_limits, open_source
+    from napari_mobilesam.batch.files import napari_contrast_limits, open_source
+    from napari_mobilesam.batch.tasks import DONE, ModelSpec, Task, run_tasks
 
     source = open_source(six_planes)
     options = {"cache": str(tmp_path / "cache"), "contrast_limits": napari_contrast_limits(source)}

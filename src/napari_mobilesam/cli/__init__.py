@@ -2,7 +2,7 @@
 
 Subcommands: ``weights``, ``export``, ``embed``, ``segment``, ``everything``; ``--help`` on each
 shows examples. This package parses arguments, finds inputs, reads prompt files and prints
-summaries; the work itself is :mod:`napari_mobilesam.engine.batch`. It imports neither napari nor
+summaries; the work itself is :mod:`napari_mobilesam.batch.tasks`. It imports neither napari nor
 Qt (napari's CSV files are read with ``csv``).
 """
 
@@ -72,7 +72,7 @@ def _positive_int(text: str) -> int:
 
 
 def _scheduler(text: str) -> str:
-    from napari_mobilesam.engine.batch import parse_scheduler
+    from napari_mobilesam.batch.tasks import parse_scheduler
 
     try:
         parse_scheduler(text)
@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
 
+    from napari_mobilesam.batch.files import InputError
+    from napari_mobilesam.batch.tasks import SchedulerError
     from napari_mobilesam.cli.commands import UserError, run_embed, run_everything, run_segment
-    from napari_mobilesam.engine.batch import SchedulerError
-    from napari_mobilesam.engine.batch_io import InputError
 
     command = {"embed": run_embed, "segment": run_segment, "everything": run_everything}
     try:
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_INTERRUPTED
     except Exception as exc:  # the model could not be built, a worker setup failed, ...
-        from napari_mobilesam.engine.batch import failure_reason
+        from napari_mobilesam.batch.tasks import failure_reason
 
         print(f"napari-mobilesam {args.command}: {failure_reason(exc)}", file=sys.stderr)
         return EXIT_FAILED

@@ -1,6 +1,6 @@
 """The subcommands that plan and run batch work: ``embed``, ``segment``, ``everything``.
 
-Each turns its arguments into :class:`~napari_mobilesam.engine.batch.Task`\\ s, skips what a
+Each turns its arguments into :class:`~napari_mobilesam.batch.tasks.Task`\\ s, skips what a
 previous run finished, runs the rest on the chosen scheduler and closes label volumes whose
 planes all finished. User errors raise :class:`UserError` (a message, exit code 2).
 """
@@ -11,6 +11,23 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from napari_mobilesam.batch.files import (
+    ImageSource,
+    InputError,
+    LabelVolume,
+    OutputError,
+    check_writable,
+    napari_contrast_limits,
+    output_path,
+    sweep_partials,
+)
+from napari_mobilesam.batch.tasks import (
+    SKIPPED,
+    ModelSpec,
+    Task,
+    TaskReport,
+    run_tasks,
+)
 from napari_mobilesam.cli.inputs import discover, duplicate_stems, parse_planes
 from napari_mobilesam.cli.prompts import (
     PromptError,
@@ -21,23 +38,6 @@ from napari_mobilesam.cli.prompts import (
     read_points,
 )
 from napari_mobilesam.cli.summary import Progress, Summary
-from napari_mobilesam.engine.batch import (
-    SKIPPED,
-    ModelSpec,
-    Task,
-    TaskReport,
-    run_tasks,
-)
-from napari_mobilesam.engine.batch_io import (
-    ImageSource,
-    InputError,
-    LabelVolume,
-    OutputError,
-    check_writable,
-    napari_contrast_limits,
-    output_path,
-    sweep_partials,
-)
 
 
 class UserError(Exception):

@@ -10,7 +10,7 @@ import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from napari_mobilesam.engine.batch_io import (
+from napari_mobilesam.batch.files import (
     IMAGE_SUFFIXES,
     ImageSource,
     InputError,

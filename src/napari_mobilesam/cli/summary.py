@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from napari_mobilesam.engine.batch import DONE, FAILED, SKIPPED, TaskReport
+from napari_mobilesam.batch.tasks import DONE, FAILED, SKIPPED, TaskReport
 
 
 @dataclass

@@ -4,7 +4,7 @@ A :class:`Task` is one image, one plane of a stack or one tile: a few hundred by
 description (where to read, where to write, what to do), never pixels or masks. The function
 that runs it, :func:`run_task`, reads its own input, gets the model from a per-process cache
 (built once per process, so once per dask worker), writes its own output atomically (see
-:mod:`~napari_mobilesam.engine.batch_io`) and returns a :class:`TaskReport` of a few numbers.
+:mod:`~napari_mobilesam.batch.files`) and returns a :class:`TaskReport` of a few numbers.
 So masks never travel through the scheduler or the client.
 
 Schedulers (:func:`run_tasks`):
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mobilesam.engine.batch_io import (
+from napari_mobilesam.batch.files import (
     ImageSource,
     InputError,
     LabelVolume,
@@ -287,7 +287,7 @@ def run_task(task: Task, spec: ModelSpec) -> TaskReport:
     """Run one task where it is (this process or a worker) and write its output.
 
     Raises whatever went wrong (the scheduler retries once and then reports it); an input that
-    cannot be read raises :class:`~.batch_io.InputError` with a message for the user.
+    cannot be read raises :class:`~.files.InputError` with a message for the user.
     """
     start = time.perf_counter()
     report = TaskReport(task.name, DONE, kind=task.kind)
@@ -492,7 +492,7 @@ def run_tasks(
     reports: list[TaskReport] = []
     futures: list[Any] = []
     try:
-        from napari_mobilesam.engine.batch_dask import ModelSetup
+        from napari_mobilesam.batch.dask_worker import ModelSetup
 
         # Every worker builds the model before its first task, also one that replaces a dead
         # worker; a model that cannot be built fails here, once.

@@ -1,7 +1,7 @@
-"""The dask.distributed side of :mod:`~napari_mobilesam.engine.batch` (imported only when a run
+"""The dask.distributed side of :mod:`~napari_mobilesam.batch.tasks` (imported only when a run
 uses dask): the worker plugin that prepares every worker, also those that replace a dead one.
 
-It imports nothing of the package (``batch`` imports it), so the two never form a cycle: the
+It imports nothing of the package (``tasks`` imports it), so the two never form a cycle: the
 preparation itself is handed in as a function.
 """
 
@@ -18,9 +18,9 @@ class ModelSetup(WorkerPlugin):
     """Prepare a worker before its first task by calling ``prepare(spec)`` there.
 
     Arguments:
-      prepare: a module-level function (pickled by reference), e.g. ``batch.warm_up``, which
+      prepare: a module-level function (pickled by reference), e.g. ``tasks.warm_up``, which
         sets torch's threads and builds the model once.
-      spec: its argument, a ``batch.ModelSpec``.
+      spec: its argument, a ``tasks.ModelSpec``.
       ignore_interrupt: ignore Ctrl+C in the worker (workers of a ``local:N`` cluster share the
         terminal's process group): the client stops the run and shuts the workers down itself,
         without each worker printing a traceback.

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_mobilesam.engine.batch import linked_planes
-from napari_mobilesam.engine.batch_io import (
+from napari_mobilesam.batch.files import (
     LabelVolume,
     atomic_write,
     napari_contrast_limits,
@@ -17,6 +16,7 @@ from napari_mobilesam.engine.batch_io import (
     sweep_partials,
     write_labels,
 )
+from napari_mobilesam.batch.tasks import linked_planes
 
 
 @pytest.mark.parametrize(
