@@ -42,8 +42,9 @@ from napari_mobilesam import MobileSAM, SamPredictor, build_mobile_sam, to_uint8
 from napari_mobilesam.engine.embedding_cache import EmbeddingCache
 from napari_mobilesam.engine.image_conversion import NoContrastWarning
 from napari_mobilesam.engine.predictor_loader import PredictorLoader
-from napari_mobilesam.engine.propagation import PropagationSettings, Seed, drive, propagate
+from napari_mobilesam.engine.propagation import PropagationSettings, Seed, propagate
 from napari_mobilesam.engine.stack import StackEmbeddings, segment_stack
+from napari_mobilesam.engine.steps import drive
 from napari_mobilesam.layers.labels_writer import LabelsError, create_aligned_labels
 from napari_mobilesam.layers.layer_prompts import PlanePrompts
 from napari_mobilesam.layers.plane import PlaneError, PlaneRef

@@ -45,7 +45,7 @@ _LAZY = {
     "PropagationSettings": "engine.propagation",
     "Seed": "engine.propagation",
     "propagate": "engine.propagation",
-    "Cancelled": "engine.propagation",
+    "Cancelled": "engine.steps",
     "resolve_weights": "engine.weights",
     "segment_from_layers": "layers.segment",
     "commit_objects": "layers.segment",
@@ -105,14 +105,10 @@ if TYPE_CHECKING:
     from napari_mobilesam.engine.instance_labels import masks_to_labels
     from napari_mobilesam.engine.mobile_sam import MobileSAM, Results
     from napari_mobilesam.engine.predictor import SamPredictor
-    from napari_mobilesam.engine.propagation import (
-        Cancelled,
-        PropagationSettings,
-        Seed,
-        propagate,
-    )
+    from napari_mobilesam.engine.propagation import PropagationSettings, Seed, propagate
     from napari_mobilesam.engine.runtimes import available_runtimes, use_runtime
     from napari_mobilesam.engine.stack import StackEmbeddings, precompute_stack, segment_stack
+    from napari_mobilesam.engine.steps import Cancelled
     from napari_mobilesam.engine.transforms import ResizeLongestSide
     from napari_mobilesam.engine.weights import resolve_weights
     from napari_mobilesam.layers.labels_writer import create_aligned_labels

@@ -15,12 +15,12 @@ from fakes import ThresholdPredictor
 from napari_mobilesam.engine.propagation import (
     PropagationSettings,
     Seed,
-    drive,
     interior_point,
     mask_iou,
     mask_to_box,
     propagate,
 )
+from napari_mobilesam.engine.steps import drive
 
 SHAPE = (30, 64, 64)
 

@@ -14,7 +14,6 @@ import torch
 from fakes import ThresholdPredictor
 from napari_mobilesam.engine.disk_cache import DiskEmbeddingCache, model_fingerprint
 from napari_mobilesam.engine.embedding_cache import EMBEDDING_BYTES, EmbeddingCache
-from napari_mobilesam.engine.propagation import drive
 from napari_mobilesam.engine.propagation import nearest_first_planes as nearest_first
 from napari_mobilesam.engine.stack import (
     Cancelled,
@@ -23,6 +22,7 @@ from napari_mobilesam.engine.stack import (
     segment_stack,
     stack_contrast_limits,
 )
+from napari_mobilesam.engine.steps import drive
 
 
 class FakeEncoder:

@@ -11,7 +11,7 @@ from napari.components import ViewerModel
 
 from fakes import ThresholdMaskGenerator
 from napari_mobilesam.engine.embedding_cache import EmbeddingCache
-from napari_mobilesam.engine.propagation import drive
+from napari_mobilesam.engine.steps import drive
 from napari_mobilesam.layers.everything_layers import (
     AUTO_TILE,
     EverythingSettings,

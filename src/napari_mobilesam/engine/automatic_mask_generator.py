@@ -41,6 +41,7 @@ from .mask_records import (
     xyxy_to_xywh,
 )
 from .predictor import SamPredictor
+from .steps import drive, map_steps
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
@@ -224,12 +225,7 @@ class SamAutomaticMaskGenerator:
         self, image: np.ndarray, embedding: torch.Tensor | None = None
     ) -> list[MaskCandidate]:
         """:meth:`generate` without building the records (masks stay packed)."""
-        steps = self.generate_steps(image, embedding)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
+        return drive(self.generate_steps(image, embedding))
 
     def generate_steps(
         self, image: np.ndarray, embedding: torch.Tensor | None = None
@@ -252,15 +248,14 @@ class SamAutomaticMaskGenerator:
         candidates: list[MaskCandidate] = []
         for index, (crop_box, layer) in enumerate(zip(crop_boxes, layers, strict=True)):
             crop_embedding = embedding if index == 0 else None
-            crop_steps = self._crop_steps(image, crop_box, layer, crop_embedding)
-            while True:
-                try:
-                    n_prompts = next(crop_steps)
-                except StopIteration as stop:
-                    candidates.extend(stop.value)
-                    break
+
+            def counted(n_prompts: int, crop: int = index) -> GenerationProgress:
+                nonlocal done
                 done += n_prompts
-                yield GenerationProgress(index, len(crop_boxes), done, total, len(candidates))
+                return GenerationProgress(crop, len(crop_boxes), done, total, len(candidates))
+
+            crop_steps = self._crop_steps(image, crop_box, layer, crop_embedding)
+            candidates.extend((yield from map_steps(crop_steps, counted)))
 
         if len(crop_boxes) > 1 and candidates:
             # Duplicates across crops: the mask from the smaller crop wins.

@@ -36,7 +36,7 @@ import numpy as np
 from .image_conversion import robust_limits, shrink_for_encoder, to_uint8_rgb
 from .instance_labels import _as_packed, masks_to_labels
 from .mask_records import PackedMask
-from .propagation import Cancelled
+from .steps import Cancelled, TerminalProgress, drive, map_steps
 from .tiling import Tile, deduplicate, keep_for_tile, make_tiles
 
 DEFAULT_HALO = 128  # px on each side of a tile: objects up to about 256 px across stay whole
@@ -44,7 +44,7 @@ DEFAULT_HALO = 128  # px on each side of a tile: objects up to about 256 px acro
 
 class SegmentationCancelled(Cancelled):
     """Raised by :func:`segment_everything` when ``cancel`` asked it to stop; nothing is
-    returned or written. A :class:`~.propagation.Cancelled`, like every stopped run."""
+    returned or written. A :class:`~.steps.Cancelled`, like every stopped run."""
 
 
 @dataclass
@@ -247,23 +247,21 @@ def segment_everything(
         dedup_iou=dedup_iou, rgb=rgb, contrast_limits=contrast_limits, stack=stack, disk=disk,
         **generator_params,
     )  # fmt: skip
-    if isinstance(cancel, threading.Event):
-        cancel = cancel.is_set
-    report = _terminal_bar() if progress is True else (progress or None)
+    bar = (
+        TerminalProgress("segment everything", lambda item: item.fraction)
+        if progress is True
+        else None
+    )
     try:
-        while True:
-            if cancel is not None and cancel():
-                steps.close()
-                raise SegmentationCancelled("Automatic segmentation was cancelled.")
-            try:
-                item = next(steps)
-            except StopIteration as stop:
-                return stop.value
-            if report is not None:
-                report(item)
+        return drive(
+            steps,
+            bar or (progress or None),
+            cancel,
+            cancelled=lambda: SegmentationCancelled("Automatic segmentation was cancelled."),
+        )
     finally:
-        if progress is True:
-            report.close()  # type: ignore[union-attr]
+        if bar is not None:
+            bar.close()
 
 
 # ------------------------------------------------------------------------ one plane
@@ -349,13 +347,11 @@ def _candidates_steps(
     """Packed masks and scores of one image from our generator (with progress) or any object
     with segment-anything's ``generate``."""
     if hasattr(generator, "generate_steps"):
-        steps = generator.generate_steps(image, embedding)
-        while True:
-            try:
-                item = next(steps)
-            except StopIteration as stop:
-                return [(c.mask, c.predicted_iou) for c in stop.value]
-            yield progress(item.prompts_done, item.prompts_total)
+        found = yield from map_steps(
+            generator.generate_steps(image, embedding),
+            lambda item: progress(item.prompts_done, item.prompts_total),
+        )
+        return [(c.mask, c.predicted_iou) for c in found]
     records = generator.generate(image)
     yield progress(1, 1)
     return [_as_packed(r) for r in records]
@@ -473,19 +469,3 @@ def link_to_previous(
             mapping[cid] = next_id
             next_id += 1
     return mapping[current].astype(np.int32), next_id
-
-
-def _terminal_bar() -> Any:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=1000, desc="segment everything", unit="‰")
-
-    class _Bar:
-        def __call__(self, item: EverythingProgress) -> None:
-            bar.n = int(1000 * item.fraction)
-            bar.refresh()
-
-        def close(self) -> None:
-            bar.close()
-
-    return _Bar()

@@ -278,30 +278,3 @@ def _step(
         return
     result.masks[plane] = mask
     track.mask, track.low_res, track.empty_run = mask, np.asarray(low_res[0]), 0
-
-
-class Cancelled(RuntimeError):
-    """A run was stopped through its ``cancel`` event; it returned nothing."""
-
-
-def drive(
-    generator: Generator[Any, None, Any],
-    on_progress: Callable[[Any], None] | None = None,
-    cancel: Any = None,
-):
-    """Run a generator to its end in this thread, passing each yielded value to ``on_progress``.
-
-    ``cancel`` (a :class:`threading.Event`, or anything with ``is_set()``) is looked at before
-    every step: once it is set, the generator is closed and :class:`Cancelled` is raised, so
-    another thread can stop the run between two steps and nothing partial is returned.
-    """
-    while True:
-        if cancel is not None and cancel.is_set():
-            generator.close()
-            raise Cancelled("The run was cancelled; nothing is returned.")
-        try:
-            item = next(generator)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(item)

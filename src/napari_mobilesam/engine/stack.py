@@ -40,14 +40,13 @@ from napari_mobilesam.engine.image_conversion import (
 )
 from napari_mobilesam.engine.prompt_checks import as_float_array, check_labels
 from napari_mobilesam.engine.propagation import (
-    Cancelled,
     PropagatedObject,
     PropagationSettings,
     Seed,
-    drive,
     nearest_first_planes,
     propagate,
 )
+from napari_mobilesam.engine.steps import Cancelled, TerminalProgress, drive
 
 
 class PlaneSequence:
@@ -281,20 +280,8 @@ def _as_numpy(embedding: Any) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
-def _terminal_progress(total: int, desc: str) -> Callable[[Any], None]:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="plane")
-
-    def update(item: Any) -> None:
-        bar.total = item.total
-        bar.n = item.done
-        bar.refresh()
-        if item.done >= item.total:
-            bar.close()
-
-    update.close = bar.close  # type: ignore[attr-defined]
-    return update
+def _terminal_progress(total: int, desc: str) -> TerminalProgress:
+    return TerminalProgress(desc, lambda item: (item.done, item.total), "planes", total)
 
 
 def _stop_if_cancelled(cancel: threading.Event | None, what: str) -> None:
@@ -308,14 +295,19 @@ def _drive(
     cancel: threading.Event | None,
     what: str,
 ) -> Any:
-    """:func:`~.propagation.drive`, naming the cancelled call and closing the progress bar."""
+    """:func:`~.steps.drive`, naming the cancelled call and closing the progress bar."""
     try:
-        return drive(generator, on_progress, cancel)
+        return drive(
+            generator,
+            on_progress,
+            cancel,
+            cancelled=lambda: Cancelled(f"{what} was cancelled; nothing is returned."),
+        )
     except Cancelled:
         close = getattr(on_progress, "close", None)
         if close is not None:
             close()
-        raise Cancelled(f"{what} was cancelled; nothing is returned.") from None
+        raise
 
 
 def precompute_stack(

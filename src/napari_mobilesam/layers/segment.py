@@ -31,7 +31,7 @@ import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 
 from napari_mobilesam.engine.embedding_cache import EmbeddingCache
-from napari_mobilesam.engine.propagation import drive
+from napari_mobilesam.engine.steps import drive
 from napari_mobilesam.layers.labels_writer import (
     LabelsError,
     WriteReport,

@@ -22,10 +22,10 @@ from napari_mobilesam.engine.propagation import (
     PropagationProgress,
     PropagationSettings,
     Seed,
-    drive,
     nearest_first_planes,
     propagate,
 )
+from napari_mobilesam.engine.steps import drive
 from napari_mobilesam.layers.layer_prompts import _positive_flags, prompt_to_image_data
 from napari_mobilesam.layers.plane import PlaneRef
 from napari_mobilesam.layers.segment import SegmentedObject, SegmentRequest, ensure_embedding

@@ -16,13 +16,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Generator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from napari.qt.threading import GeneratorWorker, create_worker
-from napari.utils import progress as napari_progress
-from napari.utils.notifications import show_error, show_info, show_warning
-
-from napari_mobilesam.engine.propagation import drive
+from napari_mobilesam.engine.steps import drive
 from napari_mobilesam.layers.everything_layers import (
     EverythingJob,
     EverythingResult,
@@ -34,45 +30,17 @@ from napari_mobilesam.layers.label_image_writer import LabelImageReport, write_l
 from napari_mobilesam.layers.labels_writer import LabelsError
 from napari_mobilesam.layers.plane import PlaneError
 from napari_mobilesam.widget.everything_panel import EverythingPanel
-from napari_mobilesam.widget.worker_steps import loaded_steps, locked_steps
+from napari_mobilesam.widget.worker_runner import WorkerRunner
+from napari_mobilesam.widget.worker_steps import loaded_steps
 
 if TYPE_CHECKING:
-    import threading
+    from napari.layers import Image
 
-    import napari
-    from napari.layers import Image, Labels
-
-    from napari_mobilesam.engine.embedding_cache import EmbeddingCache
     from napari_mobilesam.engine.everything import EverythingProgress
-    from napari_mobilesam.engine.predictor_loader import PredictorLoader
-    from napari_mobilesam.layers.segment import SegmentRequest
+    from napari_mobilesam.widget.host import WidgetHost
 
 # The progress bar counts thousandths of the whole run (planes, tiles and prompts together).
 BAR_STEPS = 1000
-
-
-class EverythingHost(Protocol):
-    """What the runner uses of the dock widget (``MobileSAMWidget`` provides it)."""
-
-    viewer: napari.viewer.Viewer
-    loader: PredictorLoader
-    cache: EmbeddingCache
-    weights: Any
-    device: str
-    protect: bool
-    image_layer: Image | None
-    _model_lock: threading.Lock
-    _generation: int
-    _closed: bool
-
-    def _capture_request(self) -> SegmentRequest: ...
-    def _require_image(self) -> Image: ...
-    def _target_labels(self, image: Image) -> Labels: ...
-    def _set_status(self, text: str, outcome: bool = False) -> None: ...
-    def _watch_window(self) -> None: ...
-    def _show_download(self, fraction: float | None) -> None: ...
-    def _on_warned(self, show_warning_args: tuple) -> None: ...
-    def _on_progress(self, generation: int, progress: Any) -> None: ...
 
 
 def default_generator(predictor: Any, settings: EverythingSettings) -> Any:
@@ -130,7 +98,7 @@ def written_text(report: LabelImageReport, labels_name: str, n_planes: int) -> s
     return text + "."
 
 
-class EverythingRunner:
+class EverythingRunner(WorkerRunner):
     """Owns the "Segment everything" panel and its worker for one dock widget.
 
     Attributes:
@@ -139,34 +107,29 @@ class EverythingRunner:
         worker: the running worker, if any.
     """
 
-    def __init__(self, widget: EverythingHost, expanded: bool = False) -> None:
-        self.widget = widget
+    error_prefix = "segment everything: "
+
+    def __init__(self, host: WidgetHost, expanded: bool = False) -> None:
+        super().__init__(host)
         self.panel = EverythingPanel(expanded=expanded)
         self.make_generator: Callable[[Any, EverythingSettings], Any] = default_generator
-        self.worker: GeneratorWorker | None = None
-        self._cancelled = False
-        self._bar: Any = None
         self.panel._run_button.changed.connect(self.start)
         self.panel._cancel_button.changed.connect(self.stop)
 
     # ------------------------------------------------------------------ the work
     def _job(self) -> tuple[Image, EverythingJob]:
         """The image and the planes to segment, captured now (main thread)."""
-        image = self.widget._require_image()
-        return image, plan_job(self.widget._capture_request(), self.panel.settings())
+        image = self.host.require_image()
+        return image, plan_job(self.host.capture_request(), self.panel.settings())
 
     def _steps(self, job: EverythingJob) -> Generator[Any, None, EverythingResult]:
-        widget = self.widget
+        host = self.host
 
         def body(predictor: Any) -> Generator[EverythingProgress, None, EverythingResult]:
             generator = self.make_generator(predictor, job.settings)
-            return everything_steps(job, generator, widget.cache)
+            return everything_steps(job, generator, host.cache)
 
-        return (
-            yield from loaded_steps(
-                widget.loader, widget.weights, widget.device, widget.cache, body
-            )
-        )
+        return (yield from loaded_steps(host.loader, host.weights, host.device, host.cache, body))
 
     def run(self) -> LabelImageReport:
         """Segment everything now, in this thread, and write it (one undo step).
@@ -179,113 +142,74 @@ class EverythingRunner:
         """
         image, job = self._job()
         self.stop()
-        with self.widget._model_lock:
+        with self.host.model_lock:
             result = drive(self._steps(job))
+        self.host.status.show_device()
         return self._write(image, job, result)
 
     def start(self, *_: Any) -> None:
         """Segment everything in a worker, with a progress bar; the result is written when it
         finishes (nothing if it is cancelled)."""
-        widget = self.widget
+        status = self.host.status
         try:
             image, job = self._job()
         except (PlaneError, ValueError) as exc:
-            widget._set_status(f"segment everything: {exc}", outcome=True)
-            show_warning(f"MobileSAM: {exc}")
+            status.set(f"segment everything: {exc}", outcome=True)
+            status.warn(str(exc))
             return
         self.stop()
-        # Errors are reported by _on_error only: not re-raised into the Qt event loop.
-        worker = create_worker(
-            locked_steps, widget._model_lock, self._steps(job), _start_thread=False,
-            _ignore_errors=True,
-        )  # fmt: skip
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(partial(self._on_returned, image, job))
-        worker.errored.connect(self._on_error)
-        worker.warned.connect(widget._on_warned)
-        worker.finished.connect(partial(self._on_finished, worker))
-        self.worker, self._cancelled = worker, False
-        self._bar = napari_progress(total=BAR_STEPS, desc="MobileSAM: segment everything")
         self.panel.set_running(True)
-        widget._set_status("segment everything: starting...")
-        widget._watch_window()
-        worker.start()
+        status.set("segment everything: starting...")
+        self.launch(
+            self._steps(job),
+            partial(self._on_returned, image, job),
+            bar=(BAR_STEPS, "MobileSAM: segment everything"),
+        )
 
-    def stop(self, *_: Any) -> None:
+    def stop(self, *_: Any) -> bool:
         """Cancel a running segmentation; nothing is written."""
-        if self.worker is None:
-            return
-        self._cancelled = True
-        self.worker.quit()
-        if self.widget._closed:
-            self._close_bar()
-        else:
+        stopped = super().stop()
+        if stopped and not self.host.closed:
             message = "segment everything cancelled; nothing was written"
-            self.widget._set_status(message, outcome=True)
+            self.host.status.set(message, outcome=True)
+        return stopped
 
     # ------------------------------------------------------------------ worker callbacks
-    def _on_progress(self, item: Any) -> None:
-        if self._cancelled or self.widget._closed:
-            return  # a step that finished after Cancel: keep "cancelled" on screen
-        if hasattr(item, "stage"):  # loading the model: the download shows in the widget
-            if item.stage == "download":
-                self.widget._on_progress(self.widget._generation, item)
-            return
+    def on_step(self, item: EverythingProgress) -> None:
         # The status first: updating napari's progress bar may deliver the next steps before
         # it returns (nested), and those must not be overwritten by this older one afterwards.
-        self.widget._set_status(progress_text(item))
-        if self._bar is not None:
-            ahead = int(BAR_STEPS * item.fraction) - self._bar.n
-            if ahead > 0:
-                self._bar.update(ahead)
+        self.host.status.set(progress_text(item))
+        self.advance_bar(int(BAR_STEPS * item.fraction))
 
     def _on_returned(self, image: Image, job: EverythingJob, result: EverythingResult) -> None:
-        if self._cancelled or self.widget._closed:
+        if self.cancelled or self.host.closed:
             return
         try:
             self._write(image, job, result)
         except (LabelsError, PlaneError, ValueError) as exc:
-            show_warning(f"MobileSAM: {exc}")
-            self.widget._set_status(f"segment everything: not written: {exc}", outcome=True)
+            self.host.status.warn(str(exc))
+            self.host.status.set(f"segment everything: not written: {exc}", outcome=True)
 
     def _write(
         self, image: Image, job: EverythingJob, result: EverythingResult
     ) -> LabelImageReport:
-        widget = self.widget
-        if widget.image_layer is not image:
+        host = self.host
+        if host.image_layer is not image:
             raise ValueError(
                 f"the image layer changed from '{image.name}' while segmenting; nothing was "
                 "written. Run it again on the image you want."
             )
         if result.n_objects == 0:
             message = nothing_found_text(result)
-            widget._set_status(message, outcome=True)
-            show_info(f"MobileSAM: {message}")
+            host.status.set(message, outcome=True)
+            host.status.info(message)
             return LabelImageReport()
-        labels = widget._target_labels(image)
-        report = write_label_image(labels, result.labels, widget.protect)
+        labels = host.target_labels(image)
+        report = write_label_image(labels, result.labels, host.protect)
         message = written_text(report, labels.name, len(job.planes))
-        widget._set_status(message, outcome=True)
-        show_info(f"MobileSAM: {message}")
+        host.status.set(message, outcome=True)
+        host.status.info(message)
         return report
 
-    def _on_error(self, exc: Exception) -> None:
-        if self.widget._closed:
-            return
-        self.widget._set_status(f"segment everything: error: {exc}", outcome=True)
-        show_error(f"MobileSAM: {exc}")
-
-    def _on_finished(self, worker: GeneratorWorker) -> None:
-        if worker is not self.worker:
-            return
-        self.worker = None
-        self._close_bar()
-        if self.widget._closed:
-            return
+    def on_finished(self) -> None:
         self.panel.set_running(False)
-        self.widget._show_download(None)
-
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
