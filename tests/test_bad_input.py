@@ -1444,7 +1444,8 @@ def press(viewer: Any, key: str) -> None:
 def wait_idle(w: SimpleNamespace) -> None:
     widget = w.widget
     w.qtbot.waitUntil(
-        lambda: widget.worker is None and not widget._timer.isActive(), timeout=WORKER_TIMEOUT_MS
+        lambda: widget.worker is None and not widget.interactive.timer.isActive(),
+        timeout=WORKER_TIMEOUT_MS,
     )
 
 
@@ -1580,7 +1581,7 @@ def _(ctx: Any) -> None:
     with unchanged(w.labels):
         with pytest.raises(PlaneError, match="switch the viewer to the 2D view"):
             w.widget.segment()
-        w.widget._on_segment_clicked()  # the button: the message goes to the status line
+        w.widget.interactive.segment_clicked()  # the button: the message goes to the status line
     assert "switch the viewer to the 2D view" in status(w)
 
 
@@ -1597,7 +1598,7 @@ def widget_commit_refused(
         w.widget.set_labels_layer(target)
         w.points.add([[10, 10]])
         shown: list[str] = []
-        w.monkeypatch.setattr("napari_mobilesam.widget.dock_widget.show_warning", shown.append)
+        w.monkeypatch.setattr("napari_mobilesam.widget.status_line.show_warning", shown.append)
         with unchanged(target):
             press(w.viewer, "k")  # the K key: a notification, no traceback
             with pytest.raises(LabelsError, match=says):
@@ -1757,7 +1758,7 @@ def _(ctx: Any) -> None:
 def _(ctx: Any) -> None:
     w = ctx.dock(PLANE, predictor=GatedPredictor())
     applied: list[int] = []
-    apply = w.widget._apply
+    apply = w.widget.interactive.apply_result
 
     def spy(generation: int, request: Any, result: Any) -> bool:
         landed = apply(generation, request, result)
@@ -1765,7 +1766,7 @@ def _(ctx: Any) -> None:
             applied.append(len(request.prompts.point_indices))
         return landed
 
-    w.widget._apply = spy
+    w.widget.interactive.apply_result = spy
     with unchanged(w.labels):
         w.points.add([[10, 10]])
         wait_encoding(w)
@@ -1806,7 +1807,7 @@ def _(ctx: Any) -> None:
     w = ctx.dock(PLANE, predictor=FailingOnGpu())
     w.widget.use_predictor(w.predictor, None, "cuda")
     shown: list[str] = []
-    w.monkeypatch.setattr("napari_mobilesam.widget.dock_widget.show_warning", shown.append)
+    w.monkeypatch.setattr("napari_mobilesam.widget.status_line.show_warning", shown.append)
     with unchanged(w.labels):
         w.points.add([[10, 10]])
         w.qtbot.waitUntil(lambda: len(w.widget.objects) == 1, timeout=WORKER_TIMEOUT_MS)

@@ -65,17 +65,17 @@ def dock(make_napari_viewer):
 def run_worker(qtbot, runner, on_yield=None):
     """Start a run from the button's slot and wait until its worker has finished."""
     if on_yield is not None:
-        original = runner._on_progress
+        original = runner.on_step
 
         def hooked(item):
             original(item)
             on_yield(item)
 
-        runner._on_progress = hooked  # connected to the worker when the run starts
+        runner.on_step = hooked  # called for each step of the run's own work
     runner.start()
     assert runner.worker is not None
     qtbot.waitUntil(lambda: runner.worker is None, timeout=30_000)
-    runner.__dict__.pop("_on_progress", None)
+    runner.__dict__.pop("on_step", None)
 
 
 def status_of(widget) -> str:
@@ -220,7 +220,7 @@ def test_errors_in_the_worker_are_reported_once_and_write_nothing(dock, qtbot, m
     viewer, image, widget, runner, _ = dock(discs_image())
     shown = []
     monkeypatch.setattr(
-        "napari_mobilesam.widget.everything_runner.show_error", lambda text: shown.append(text)
+        "napari_mobilesam.widget.status_line.show_error", lambda text: shown.append(text)
     )
 
     def broken(predictor, settings):

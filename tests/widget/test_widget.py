@@ -88,14 +88,15 @@ def press(viewer, key: str) -> None:
 def wait_idle(qtbot, widget: MobileSAMWidget) -> None:
     """Wait for the debounce timer and every worker (including reruns) to finish."""
     qtbot.waitUntil(
-        lambda: widget.worker is None and not widget._timer.isActive(), timeout=WORKER_TIMEOUT_MS
+        lambda: widget.worker is None and not widget.interactive.timer.isActive(),
+        timeout=WORKER_TIMEOUT_MS,
     )
 
 
 def first_nonempty_candidate(widget: MobileSAMWidget) -> None:
     """Random weights can make the best-scored candidate empty; commits need pixels."""
     for _ in range(3):
-        if widget.objects[widget._active].mask.any():
+        if widget.objects[widget.interactive.active].mask.any():
             return
         widget.next_candidate()
     pytest.fail("no candidate has pixels")
@@ -245,7 +246,7 @@ def test_live_worker_newest_prompts_win_and_ui_keeps_running(dock, reference, qt
     viewer, image, widget = dock(data)
     points, _ = widget.create_prompt_layers()
     applied: list[tuple[bool, int]] = []
-    apply = widget._apply
+    apply = widget.interactive.apply_result
 
     def spy(generation, request, result):
         landed = apply(generation, request, result)
@@ -253,7 +254,7 @@ def test_live_worker_newest_prompts_win_and_ui_keeps_running(dock, reference, qt
         applied.append((landed, len(groups[0].point_coords) if groups else 0))
         return landed
 
-    widget._apply = spy
+    widget.interactive.apply_result = spy
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(10)
@@ -263,14 +264,14 @@ def test_live_worker_newest_prompts_win_and_ui_keeps_running(dock, reference, qt
     # (arrival time, encode seconds in the worker) of the one encode, whichever run does it:
     # the first run may be stopped before it starts encoding, as clicks now run at once.
     encoded_at: list[tuple[float, float]] = []
-    on_progress = widget._on_progress
+    on_load = widget.interactive.on_load
 
-    def progress_spy(generation, progress):
+    def progress_spy(progress):
         if progress.stage == "encoded" and not progress.cache_hit:
             encoded_at.append((time.perf_counter(), progress.seconds))
-        return on_progress(generation, progress)
+        return on_load(progress)
 
-    widget._on_progress = progress_spy
+    widget.interactive.on_load = progress_spy
     points.add([[10, 10]])
     qtbot.waitUntil(lambda: widget.worker is not None, timeout=5000)
     first_worker = widget.worker
@@ -320,7 +321,7 @@ def test_segment_button_cancel_and_stale_results(dock, reference, qtbot) -> None
     widget._segment_button.native.click()
     worker = widget.worker
     assert worker is not None
-    qtbot.waitUntil(widget._model_lock.locked, timeout=5000)  # the worker is encoding
+    qtbot.waitUntil(widget.model_lock.locked, timeout=5000)  # the worker is encoding
     with qtbot.waitSignals([worker.aborted, worker.finished], timeout=WORKER_TIMEOUT_MS):
         widget._cancel_button.native.click()
     assert widget.objects == []
@@ -375,33 +376,33 @@ def test_live_preview_follows_the_plane_and_contrast(make_napari_viewer) -> None
     _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
     predictor = FakePredictor()
     widget.use_predictor(predictor, None, "cpu")
-    widget.synchronous = True
+    widget.interactive.synchronous = True
     points, shapes = widget.create_prompt_layers()
 
     viewer.dims.set_point(0, 1)
     shapes.add_rectangles(np.array([[1, 2, 3], [1, 2, 9], [1, 6, 9], [1, 6, 3]]))
-    widget._timer.timeout.emit()  # what the debounce timer does once edits pause
+    widget.interactive.timer.timeout.emit()  # what the debounce timer does once edits pause
     preview = widget.preview_layer
     assert np.count_nonzero(preview.data[1]) == 35
     assert np.count_nonzero(preview.data[[0, 2]]) == 0
     assert len(predictor.encoded) == 1
 
     viewer.dims.set_point(0, 2)  # no prompts on this plane: the preview is cleared
-    widget._timer.timeout.emit()
+    widget.interactive.timer.timeout.emit()
     assert widget.objects == [] and np.count_nonzero(preview.data) == 0
 
     viewer.dims.set_point(0, 1)  # back again: the embedding comes from the cache
-    widget._timer.timeout.emit()
+    widget.interactive.timer.timeout.emit()
     assert np.count_nonzero(preview.data[1]) == 35
     assert len(predictor.encoded) == 1
 
     image.contrast_limits = (0, 50)  # the model now sees other pixels: encode again
-    widget._timer.timeout.emit()
+    widget.interactive.timer.timeout.emit()
     assert len(predictor.encoded) == 2
     assert len(widget.cache) == 1  # the embedding made with the old limits was dropped
 
     press(viewer, KEY_RESET)
-    widget._timer.timeout.emit()
+    widget.interactive.timer.timeout.emit()
     assert len(shapes.data) == 0 and np.count_nonzero(preview.data) == 0
     assert widget.worker is None  # nothing ever ran in a thread
 
@@ -415,7 +416,7 @@ def fake_dock(make_napari_viewer, data: np.ndarray):
     image = viewer.add_image(data, contrast_limits=(0, 100))
     _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
     widget.use_predictor(FakePredictor(), None, "cpu")
-    widget.synchronous = True
+    widget.interactive.synchronous = True
     return viewer, image, widget
 
 
@@ -425,22 +426,22 @@ def test_the_last_outcome_stays_until_the_next_action(make_napari_viewer) -> Non
     # Two overlapping boxes committed into a new layer: the overlap is not "existing labels".
     shapes.add_rectangles(np.array([[[2, 2], [2, 12], [12, 12], [12, 2]]]))
     shapes.add_rectangles(np.array([[[8, 8], [8, 20], [20, 20], [20, 8]]]))
-    widget._timer.timeout.emit()
+    widget.interactive.timer.timeout.emit()
     assert len(widget.objects) == 2
 
     press(viewer, KEY_COMMIT)
-    widget._timer.timeout.emit()  # the run after the prompts were used up finds nothing
+    widget.interactive.timer.timeout.emit()  # the run after the prompts were used up finds nothing
 
     status = widget._status_label.value
     assert status.startswith("committed id(s) [1, 2]")
     assert "existing labels" not in status
     assert "25 overlapping pixel(s) went to the earlier object" in status
     viewer.dims.ndisplay = 2  # other viewer events re-run too: the outcome stays
-    widget._timer.timeout.emit()
+    widget.interactive.timer.timeout.emit()
     assert widget._status_label.value == status
 
     points.add([[5, 5]])  # the next action replaces it
-    widget._timer.timeout.emit()
+    widget.interactive.timer.timeout.emit()
     assert widget._status_label.value == "1 object(s) on this plane"
 
 

@@ -47,7 +47,7 @@ def test_the_widget_fits_a_laptop_screen_and_long_messages_wrap(make_napari_view
     assert window.minimumSizeHint().height() <= LAPTOP[1]
     assert (window.width(), window.height()) == LAPTOP
 
-    widget._set_status(LONG_MESSAGE)
+    widget.status.set(LONG_MESSAGE)
     widget._weights_warning.value = breakable(LONG_MESSAGE)
     settle()
 
@@ -144,7 +144,7 @@ PLAIN_QT_SCRIPT = textwrap.dedent(
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # the script drives Qt itself; no napari.run()
         app.processEvents()
-        idle = widget.worker is None and not widget._timer.isActive()
+        idle = widget.worker is None and not widget.interactive.timer.isActive()
         if idle and "error" in widget._status_label.value:
             break
         time.sleep(0.01)

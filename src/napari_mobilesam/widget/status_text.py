@@ -24,6 +24,16 @@ def run_summary(objects: int, prompts: PlanePrompts) -> str:
     return "; ".join(parts)
 
 
+def has_skipped(prompts: PlanePrompts) -> bool:
+    """Whether some prompts on the plane were ignored (:func:`run_summary` says why)."""
+    return bool(
+        prompts.skipped_shapes
+        or prompts.skipped_negative_points
+        or prompts.skipped_outside_points
+        or prompts.skipped_outside_shapes
+    )
+
+
 def timing(result: SegmentResult) -> str | None:
     """``encode 2.41 s, decode 35 ms`` (or ``cached``); ``None`` when the run did no work."""
     if result.encode_seconds is None and not result.objects:
