@@ -244,11 +244,13 @@ class ProjectRecorder:
         self.last_step: dict[str, Any] | None = None
         self._writing = False
         self._pending: list[Any] = []
+        self._edits: list[list[Any]] = []  # napari edits announced, not applied yet
         self._context: dict[str, Any] = {}
         self._undo: deque[_Entry] = deque(maxlen=HISTORY_DEPTH)
         self._redo: deque[_Entry] = deque(maxlen=HISTORY_DEPTH)
         labels.events.paint.connect(self._on_paint)
         labels.events.set_data.connect(self._on_set_data)
+        labels.events.labels_update.connect(self._save_edits)
         add_write_observer(labels, self)
         labels.metadata[PROJECT_METADATA_KEY] = str(store.folder)
 
@@ -304,6 +306,7 @@ class ProjectRecorder:
         with contextlib.suppress(Exception):
             self.labels.events.paint.disconnect(self._on_paint)
             self.labels.events.set_data.disconnect(self._on_set_data)
+            self.labels.events.labels_update.disconnect(self._save_edits)
         remove_write_observer(self.labels, self)
         if self.store is not None:
             self.store.close()
@@ -335,11 +338,20 @@ class ProjectRecorder:
         if self._writing:
             self._pending.append(item)
             return
-        self._save(item, {"kind": "edit", "mode": "edit", "objects": []})
+        # napari announces a single paint or fill before it changes the data (a brush stroke
+        # after): the edit is saved once its pixels hold the new values.
+        self._edits.append(item)
+        self._save_edits()
+
+    def _save_edits(self, event: Any = None) -> None:
+        data = self.labels.data
+        while self._edits and all(_atom_is(a, data, undone=False) for a in self._edits[0]):
+            self._save(self._edits.pop(0), {"kind": "edit", "mode": "edit", "objects": []})
 
     def _on_set_data(self, event: Any = None) -> None:
         if self._writing or not self.saving:
             return
+        self._save_edits()
         data = self.labels.data
         if self._undo and all(_atom_is(a, data, undone=True) for a in self._undo[-1].atoms):
             entry = self._undo.pop()

@@ -94,6 +94,9 @@ class SegmentedObject:
         multimask_output: how the candidates were asked for.
         embedding_key: the cache key of the embedding it was decoded from (plane and pixel
             mapping); an object is only reused or refined on the same embedding.
+        refined_from: the earlier object whose chosen logits were this one's ``mask_input``
+            (None: decoded from its prompts alone); a project record keeps the chain, so a
+            replay decodes the same way.
     """
 
     plane: PlaneRef
@@ -104,6 +107,7 @@ class SegmentedObject:
     chosen: int = 0
     multimask_output: bool = True
     embedding_key: Hashable = None
+    refined_from: SegmentedObject | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -313,6 +317,7 @@ def run_request(
                 chosen=int(np.argmax(scores)),
                 multimask_output=multimask_output,
                 embedding_key=request.cache_key,
+                refined_from=refine_from,
             )
         )
         yield Progress("decoded", seconds)
@@ -363,7 +368,8 @@ def commit_report(
         check_target(labels_layer, image_layer)
     else:
         _check_planes_fit(labels_layer, objects)
-    return write_masks(labels_layer, [(obj.plane, obj.mask) for obj in objects], protect)
+    masks = [(obj.plane, obj.mask) for obj in objects]
+    return write_masks(labels_layer, masks, protect, sources=objects)
 
 
 def _check_planes_fit(labels_layer: Labels, objects: Sequence[SegmentedObject]) -> None:

@@ -102,13 +102,26 @@ class PlaneMasks(dict):
         start: the plane index the walk started from, along ``axis``.
         axis: the data axis walked.
         stop_reasons: why each direction stopped, e.g. ``{"up": "IoU 0.12 < 0.3 on plane 19"}``.
+        seed: the object on the start plane it was followed from (its prompts are what a
+            project folder records), or None.
+        settings: the stop rules of the walk, or None.
     """
 
-    def __init__(self, masks: dict, start: int, axis: int, stop_reasons: dict[str, str]) -> None:
+    def __init__(
+        self,
+        masks: dict,
+        start: int,
+        axis: int,
+        stop_reasons: dict[str, str],
+        seed: SegmentedObject | None = None,
+        settings: PropagationSettings | None = None,
+    ) -> None:
         super().__init__(masks)
         self.start = start
         self.axis = axis
         self.stop_reasons = dict(stop_reasons)
+        self.seed = seed
+        self.settings = settings
 
     @property
     def reach(self) -> dict[str, int]:
@@ -145,8 +158,10 @@ def propagation_steps(
             start,
             axis,
             obj.stop_reasons,
+            seed=seed,
+            settings=settings,
         )
-        for obj in results
+        for obj, seed in zip(results, objects, strict=True)
     ]
 
 
