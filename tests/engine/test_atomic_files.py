@@ -187,3 +187,24 @@ def test_sweep_removes_stale_temporaries_only(tmp_path: Path) -> None:
 
 def test_sweep_of_a_missing_folder_is_zero(tmp_path: Path) -> None:
     assert sweep_temporaries(tmp_path / "nope") == 0
+
+
+@posix_only
+def test_the_disk_cache_writes_readable_entries_and_sweeps_its_leftovers(
+    tmp_path: Path, umask_027
+) -> None:
+    import numpy as np
+
+    from napari_mobilesam.engine.disk_cache import EMBEDDING_SHAPE, DiskEmbeddingCache
+
+    cache = DiskEmbeddingCache(tmp_path, "model")
+    key = cache.key(np.zeros((4, 4, 3), np.uint8))
+    assert cache.put(key, np.ones(EMBEDDING_SHAPE, np.float32))
+    entry = next(tmp_path.glob("*/*.npy"))
+    assert _mode(entry) == 0o640
+    left = _stale_name(entry, _dead_pid())
+    left.write_bytes(b"half an entry")
+    os.utime(left, (1_000_000.0, 1_000_000.0))
+    assert cache.sweep() == 1
+    assert sorted(p.name for p in entry.parent.iterdir()) == [entry.name]
+    assert cache.get(key) is not None

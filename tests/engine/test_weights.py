@@ -357,14 +357,3 @@ def test_env_var_to_missing_file_is_not_skipped(
     with pytest.raises(FileNotFoundError, match="NAPARI_MOBILESAM_WEIGHTS") as info:
         W.describe_resolution(url="http://127.0.0.1:9/x")
     assert str(missing) in str(info.value)
-
-
-def test_command_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    weights = tmp_path / "w.pt"
-    weights.write_bytes(b"x")
-    assert W.main([str(weights)]) == 0
-    assert "explicit path" in capsys.readouterr().out
-    assert W.main(["--no-download"]) == 1
-    assert "downloading is disabled" in capsys.readouterr().err

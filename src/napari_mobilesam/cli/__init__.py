@@ -12,6 +12,8 @@ import argparse
 import sys
 import textwrap
 
+from napari_mobilesam.engine.predictor_loader import DEVICE_CHOICES
+
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 EXAMPLES = {
@@ -84,9 +86,7 @@ def _scheduler(text: str) -> str:
 def _common(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("model and scheduling")
     run.add_argument("--weights", help="mobile_sam.pt (default: environment, cache, download)")
-    run.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="(default auto)"
-    )
+    run.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="(default auto)")
     run.add_argument(
         "--scheduler",
         default="threads",
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # weights and export keep their own parsers: hand them everything after the name.
     if argv[:1] == ["weights"]:
-        from napari_mobilesam.engine.weights import main as weights_main
+        from napari_mobilesam.cli.weights_command import main as weights_main
 
         return weights_main(argv[1:])
     if argv[:1] == ["export"]:

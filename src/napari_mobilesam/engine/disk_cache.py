@@ -3,19 +3,20 @@
 An entry's key is a hash of the exact uint8 RGB plane the encoder sees plus a fingerprint of the
 model's weights. The plane's pixels already carry its content and its normalisation (contrast
 limits), so the same key can never name two different embeddings, whichever file, plane or
-session it came from. Entries are ``.npy`` files (float32, 4 MiB each) written to a temporary
-name and renamed into place, so a crash never leaves half an entry.
+session it came from. Entries are ``.npy`` files (float32, 4 MiB each) written atomically
+(:mod:`~napari_mobilesam.engine.atomic_files`), so a crash never leaves half an entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from napari_mobilesam.engine.atomic_files import sweep_temporaries, write_atomically
 
 EMBEDDING_SHAPE = (1, 256, 64, 64)
 
@@ -39,13 +40,11 @@ def model_fingerprint(model) -> str:
 
 
 def default_cache_folder() -> Path:
-    """``$NAPARI_MOBILESAM_CACHE/embeddings`` or the platform's user cache folder."""
-    root = os.environ.get("NAPARI_MOBILESAM_CACHE")
-    if root:
-        return Path(root) / "embeddings"
-    import platformdirs
+    """``embeddings/`` in the package's cache folder (:func:`~.weights.cache_dir`:
+    ``$NAPARI_MOBILESAM_CACHE``, ``~`` expanded, or the platform's user cache folder)."""
+    from napari_mobilesam.engine.weights import cache_dir
 
-    return Path(platformdirs.user_cache_dir("napari-mobilesam")) / "embeddings"
+    return cache_dir() / "embeddings"
 
 
 class DiskEmbeddingCache:
@@ -119,14 +118,23 @@ class DiskEmbeddingCache:
     @staticmethod
     def _write(path: Path, embedding: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
                 np.save(f, embedding, allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        write_atomically(path, write)
+
+    def sweep(self, older_than: float | None = None) -> int:
+        """Remove the temporaries a killed writer left in the cache (see
+        :func:`~napari_mobilesam.engine.atomic_files.sweep_temporaries`); how many."""
+        try:
+            folders = (
+                [p for p in self.folder.iterdir() if p.is_dir()] if self.folder.is_dir() else []
+            )
+        except OSError:
+            return 0
+        return sum(sweep_temporaries(f, older_than=older_than) for f in folders)
 
     def __len__(self) -> int:
         try:

@@ -4,8 +4,8 @@ Resolution order (first match wins, see :func:`describe_resolution`):
 
 1. an explicit path passed by the caller;
 2. the environment variable ``NAPARI_MOBILESAM_WEIGHTS``;
-3. ``mobile_sam.pt`` in the user cache folder (``pooch.os_cache("napari-mobilesam")``, or the
-   folder named by ``NAPARI_MOBILESAM_CACHE``), used only when its sha256 is the official one;
+3. ``mobile_sam.pt`` in the user cache folder (:func:`cache_dir`: the platform's, or the folder
+   named by ``NAPARI_MOBILESAM_CACHE``), used only when its sha256 is the official one;
 4. a download of the official file into that cache folder (sha256-checked before it is kept).
 
 A file named explicitly (1 or 2) is accepted whatever its hash, so fine-tuned weights work; its
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,18 +101,21 @@ class WeightsSource:
 
 
 def cache_dir() -> Path:
-    """The folder that holds the downloaded ``mobile_sam.pt``.
+    """The package's cache folder: the downloaded ``mobile_sam.pt``, and under it the
+    embeddings (:func:`~napari_mobilesam.engine.disk_cache.default_cache_folder`) and the
+    runtimes' graphs. The one place that computes it.
 
-    ``NAPARI_MOBILESAM_CACHE`` if set, else the platform's user cache folder for
+    ``NAPARI_MOBILESAM_CACHE`` if set (``~`` expanded), else the platform's user cache folder for
     ``napari-mobilesam`` (``~/.cache/napari-mobilesam`` on Linux, ``~/Library/Caches/...`` on
-    macOS, ``%LOCALAPPDATA%\\napari-mobilesam\\Cache`` on Windows).
+    macOS, ``%LOCALAPPDATA%\\napari-mobilesam\\Cache`` on Windows; what ``pooch.os_cache``
+    gives too).
     """
     override = os.environ.get(ENV_CACHE, "").strip()
     if override:
         return Path(override).expanduser()
-    import pooch  # light, but only needed here and for downloads
+    import platformdirs
 
-    return Path(pooch.os_cache(CACHE_APP_NAME)).expanduser()
+    return Path(platformdirs.user_cache_dir(CACHE_APP_NAME)).expanduser()
 
 
 def _user_file(raw: str | os.PathLike[str], origin: str) -> Path:
@@ -427,29 +429,3 @@ def load_mobile_sam(
 
     weights = resolve_weights(path, download=download, progressbar=progressbar)
     return build_mobile_sam(load_weights_state_dict(weights), device=device)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m napari_mobilesam.engine.weights [--no-download] [PATH]``: show/fetch weights."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m napari_mobilesam.engine.weights",
-        description="Show which MobileSAM weights would be used; download them if needed.",
-    )
-    parser.add_argument("path", nargs="?", default=None, help="an explicit weights file")
-    parser.add_argument("--no-download", action="store_true", help="only report, never download")
-    args = parser.parse_args(argv)
-    try:
-        source = describe_resolution(args.path, download=not args.no_download)
-        print(source)
-        if source.needs_download and not args.no_download:
-            print(resolve_weights(args.path, progressbar=True))
-    except (FileNotFoundError, WeightsDownloadError) as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
