@@ -83,6 +83,16 @@ def _is_rgb(shape: tuple[int, ...], rgb: bool | None) -> bool:
 def _make_generator(predictor_or_model: Any, generator_params: dict[str, Any]) -> Any:
     from .automatic_mask_generator import SamAutomaticMaskGenerator
 
+    params = dict(generator_params)
+    prompts = params.pop("prompts", "grid")
+    if prompts == "seeds":  # one object per detected blob instead of a grid
+        from .seeds import SeedMaskGenerator
+
+        if params.get("diameter") is None:
+            raise ValueError("prompts='seeds' needs diameter=, the objects' diameter in pixels.")
+        return SeedMaskGenerator(predictor_or_model, **params)
+    if prompts != "grid":
+        raise ValueError(f"prompts must be 'grid' or 'seeds', not {prompts!r}.")
     if hasattr(predictor_or_model, "generate") and not hasattr(predictor_or_model, "predict"):
         if generator_params:
             raise ValueError(
@@ -90,7 +100,7 @@ def _make_generator(predictor_or_model: Any, generator_params: dict[str, Any]) -
                 f"({sorted(generator_params)}); set them on the generator instead."
             )
         return predictor_or_model
-    return SamAutomaticMaskGenerator(predictor_or_model, **generator_params)
+    return SamAutomaticMaskGenerator(predictor_or_model, **params)
 
 
 def segment_everything_steps(
@@ -232,7 +242,11 @@ def segment_everything(
         :class:`EverythingProgress`.
       cancel: a function returning True (or a ``threading.Event`` that is set) to stop.
       **generator_params: :class:`SamAutomaticMaskGenerator` parameters (points_per_side,
-        pred_iou_thresh, ...); segment-anything's defaults otherwise.
+        pred_iou_thresh, ...); segment-anything's defaults otherwise. ``prompts="seeds"``
+        with ``diameter=D`` (pixels) prompts with blob-detector seeds instead of a grid, one
+        object per seed (:class:`~napari_mobilesam.engine.seeds.SeedMaskGenerator`: also
+        ``threshold``, ``dark``, ``multimask_output``, ``max_seeds``); ``order="score"``
+        gives overlaps to the higher predicted IoU, as one object per point does.
 
     Returns:
       (H, W) or (Z, H, W) int32 labels, 0 = background. Ids are 1..N without gaps in 2D; in
