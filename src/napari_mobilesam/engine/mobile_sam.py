@@ -9,6 +9,8 @@ Prompt semantics (coordinates are (x, y) = (column, row) in image pixels, boxes 
 - ``bboxes=[x0, y0, x1, y1]``: one object; a list of boxes gives one object per box.
 - Boxes and point groups with the same index form one object; their counts must match.
 - ``labels`` defaults to all foreground.
+- ``each_point=True`` with ``points=[[x, y], ...]``: one object per foreground point, every
+  background point added to each of them; decoded in batches.
 
 Images are numpy arrays, PIL images or paths; colour is RGB (not BGR). Grayscale, RGBA, 16-bit,
 float and boolean images are converted by :func:`napari_mobilesam.to_uint8_rgb`; palette images,
@@ -271,6 +273,8 @@ class MobileSAM:
         multimask_output: bool = False,
         conf: float | None = None,
         verbose: bool = False,
+        *,
+        each_point: bool = False,
         **everything: Any,
     ) -> Results | list[Results]:
         """Segment one object per prompt (see the module docstring for the prompt forms), or,
@@ -282,18 +286,33 @@ class MobileSAM:
           multimask_output: each object gets the highest-scoring of 3 candidates.
           conf: drop objects whose predicted IoU is below this (default None keeps all).
           verbose: print one line per image (size, objects, seconds).
+          each_point: one object per positive point of ``points`` ((N, 2) with ``labels``
+            (N,)); every background point is added to every object's prompt, and all objects
+            are decoded in batches (see :mod:`~napari_mobilesam.engine.point_objects`).
           **everything: without prompts, :class:`SamAutomaticMaskGenerator` parameters
             (points_per_side=32, pred_iou_thresh=0.88, ... segment-anything's defaults).
         """
         if isinstance(source, (list, tuple)):
             return [
                 self.predict(
-                    item, points, labels, bboxes, multimask_output, conf, verbose, **everything
-                )
+                    item,
+                    points,
+                    labels,
+                    bboxes,
+                    multimask_output,
+                    conf,
+                    verbose,
+                    each_point=each_point,
+                    **everything,
+                )  # fmt: skip
                 for item in source
             ]
         started = time.perf_counter()
-        if points is None and labels is None and bboxes is None:
+        if each_point:
+            if everything or bboxes is not None:
+                raise ValueError("each_point=True takes points (and labels) only, no bboxes.")
+            result = self._predict_each_point(source, points, labels, multimask_output)
+        elif points is None and labels is None and bboxes is None:
             result = self._segment_everything(source, everything)
         else:
             if everything:
@@ -344,6 +363,34 @@ class MobileSAM:
             low_res_logits=None,
             orig_shape=size,
             image=image,
+        )
+
+    def _predict_each_point(
+        self,
+        source: Any,
+        points: Sequence | np.ndarray | None,
+        labels: Sequence | np.ndarray | int | None,
+        multimask_output: bool,
+    ) -> Results:
+        """One object per positive point, decoded in batches."""
+        from napari_mobilesam.engine.point_objects import decode_objects, each_point_prompts
+
+        if points is None:
+            raise ValueError("each_point=True needs points=[[x, y], ...].")
+        pts = as_float_array(points, "points", "(N, 2) (x, y) points")
+        pts = pts.reshape(-1, 2) if pts.size and pts.shape[-1] == 2 else pts
+        labs = None if labels is None else np.reshape(as_float_array(labels, "labels", "(N,)"), -1)
+        prompts = each_point_prompts(pts, labs)
+        if not prompts:
+            raise ValueError("each_point=True needs at least one foreground point (label 1).")
+        h, w = self.set_image(source)
+        decoded = decode_objects(self.predictor, prompts, multimask_output)
+        return Results(
+            masks=np.stack([decoded.mask(i) for i in range(len(decoded))]),
+            scores=decoded.scores,
+            low_res_logits=decoded.low_res_logits,
+            orig_shape=(h, w),
+            image=self._model_image if self._model_image.shape[:2] == (h, w) else None,
         )
 
     def _predict_prompts(
