@@ -138,6 +138,8 @@ class ProjectStore:
         self._array: Any = None
         self._token: str | None = None
         self._records: list[dict[str, Any]] = []
+        # Read-only: planes of a step a killed writer left unrecorded, as they were before it.
+        self._overlay: dict[Chunk, np.ndarray] = {}
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -254,6 +256,8 @@ class ProjectStore:
                 )
             if writable:
                 store._recover()
+            else:
+                store._overlay = store._unrecorded_planes()
             store._records = store._read_records()
         except BaseException:
             store.close()
@@ -353,11 +357,32 @@ class ProjectStore:
 
     def read_plane(self, chunk: Chunk) -> np.ndarray:
         """(H, W) labels of one plane."""
-        return np.asarray(self._array[tuple(chunk)])
+        chunk = tuple(chunk)
+        if chunk in self._overlay:
+            return self._overlay[chunk].copy()
+        return np.asarray(self._array[chunk])
 
     def read_labels(self) -> np.ndarray:
-        """The whole label volume as a writable numpy array."""
-        return np.array(self._array[...], dtype=self.dtype)
+        """The whole label volume as a writable numpy array (without a step a killed writer
+        left unrecorded)."""
+        volume = np.array(self._array[...], dtype=self.dtype)
+        for chunk, plane in self._overlay.items():
+            volume[chunk] = plane
+        return volume
+
+    def _unrecorded_planes(self) -> dict[Chunk, np.ndarray]:
+        """Planes as they were before steps whose record was never written (oldest wins)."""
+        planes: dict[Chunk, np.ndarray] = {}
+        journal = self.folder / JOURNAL_NAME
+        for path in sorted(journal.glob("[0-9]*.npz"), reverse=True) if journal.is_dir() else []:
+            if self._record_path(int(path.stem)).exists():
+                continue
+            try:
+                with np.load(path) as old:
+                    planes.update({_chunk(key): old[key] for key in old.files})
+            except (OSError, ValueError):
+                continue  # a journal cut short: its step had not written a plane yet
+        return planes
 
     @property
     def records(self) -> list[dict[str, Any]]:
