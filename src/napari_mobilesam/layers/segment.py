@@ -40,6 +40,11 @@ from napari_mobilesam.layers.labels_writer import (
 )
 from napari_mobilesam.layers.layer_prompts import PlanePrompts, PromptGroup, read_plane_prompts
 from napari_mobilesam.layers.plane import PlaneRef, current_plane, full_resolution_data
+from napari_mobilesam.layers.point_objects_layers import (
+    can_batch,
+    decode_groups_steps,
+    each_point_groups,
+)
 
 
 class PredictorLike(Protocol):
@@ -263,6 +268,7 @@ def run_request(
     cache: EmbeddingCache | None = None,
     multimask_output: bool = True,
     previous: Sequence[SegmentedObject] = (),
+    each_point: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Encode (or fetch) the plane and decode every prompt group.
 
@@ -275,15 +281,20 @@ def run_request(
             limits), a group whose prompts are unchanged keeps its object (and chosen candidate)
             without decoding; a group that only gained points is decoded with the earlier chosen
             logits as ``mask_input``, which is how SAM refines.
+        each_point: one object per positive point outside the rectangles (see
+            :mod:`~napari_mobilesam.layers.point_objects_layers`), all decoded in batches; each
+            object keeps only its chosen candidate.
 
     Yields:
-        :class:`Progress` after encoding and after each decoded object.
+        :class:`Progress` after encoding and after each decoded object (each batch).
 
     Returns:
         :class:`SegmentResult` with one object per prompt group, in group order.
     """
     result = SegmentResult()
     groups = request.prompts.groups
+    if each_point:
+        groups = tuple(each_point_groups(groups))
     if not groups:
         return result
     plan = [_match_previous(g, request.cache_key, multimask_output, previous) for g in groups]
@@ -292,7 +303,18 @@ def run_request(
         result.cache_hit = ensure_embedding(request, predictor, cache)
         result.encode_seconds = time.perf_counter() - start
         yield Progress("encoded", result.encode_seconds, result.cache_hit)
-    for group, (reuse, refine_from) in zip(groups, plan, strict=True):
+    batched: dict[int, tuple] = {}
+    if each_point and can_batch(predictor):
+        todo = [i for i, (reuse, _) in enumerate(plan) if reuse is None]
+        found, result.decode_seconds = yield from decode_groups_steps(
+            predictor,
+            [groups[i] for i in todo],
+            [None if plan[i][1] is None else plan[i][1].low_res[None] for i in todo],
+            multimask_output,
+            lambda seconds: Progress("decoded", seconds),
+        )
+        batched = dict(zip(todo, found, strict=True))
+    for index, (group, (reuse, refine_from)) in enumerate(zip(groups, plan, strict=True)):
         if reuse is not None:
             # Same prompts give the same masks; keeping the object also keeps the candidate
             # the user picked.
@@ -300,13 +322,16 @@ def run_request(
             continue
         start = time.perf_counter()
         mask_input = None if refine_from is None else refine_from.low_res[None, :, :]
-        masks, scores, low_res = predictor.predict(
-            **group.predict_kwargs(),
-            mask_input=mask_input,
-            multimask_output=multimask_output,
-        )
+        if index in batched:
+            masks, scores, low_res = batched[index]
+        else:
+            masks, scores, low_res = predictor.predict(
+                **group.predict_kwargs(),
+                mask_input=mask_input,
+                multimask_output=multimask_output,
+            )
         seconds = time.perf_counter() - start
-        result.decode_seconds += seconds
+        result.decode_seconds += 0.0 if index in batched else seconds
         result.objects.append(
             SegmentedObject(
                 plane=request.plane,
@@ -320,7 +345,8 @@ def run_request(
                 refined_from=refine_from,
             )
         )
-        yield Progress("decoded", seconds)
+        if index not in batched:
+            yield Progress("decoded", seconds)
     return result
 
 
@@ -334,6 +360,7 @@ def segment_from_layers(
     cache: EmbeddingCache | None = None,
     multimask_output: bool = True,
     previous: Sequence[SegmentedObject] = (),
+    each_point: bool = False,
 ) -> list[SegmentedObject]:
     """Segment the prompts on the viewer's current plane of ``image_layer``, synchronously.
 
@@ -347,13 +374,16 @@ def segment_from_layers(
         cache: an :class:`EmbeddingCache` to reuse embeddings across calls.
         multimask_output: three candidates per object instead of one.
         previous: objects of an earlier call, to refine (see :func:`run_request`).
+        each_point: one object per positive point outside the rectangles, negative points
+            added to each, decoded in batches; where objects overlap, the higher predicted
+            IoU keeps the pixel (commit :func:`~.point_objects_layers.resolved_objects`).
 
     Returns:
         One :class:`SegmentedObject` per prompt group (each rectangle with the points inside
         it; the points outside all rectangles together), empty when there are no prompts.
     """
     request = capture_request(viewer_or_dims, image_layer, points_layer, shapes_layer)
-    generator = run_request(request, predictor, cache, multimask_output, previous)
+    generator = run_request(request, predictor, cache, multimask_output, previous, each_point)
     return drive(generator).objects
 
 
