@@ -288,7 +288,7 @@ def check_cli_arguments(argv: list[str]) -> None:
     import argparse
 
     from napari_mobilesam.cli import build_parser
-    from napari_mobilesam.engine.export import add_export_arguments
+    from napari_mobilesam.cli.export_command import add_export_arguments
 
     if argv[:1] == ["export"]:
         if argv[1:] != ["--help"]:
