@@ -34,31 +34,23 @@ STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 
 
 @pytest.fixture(scope="session")
-def exported(tmp_path_factory, synthetic_checkpoint):
-    """The export folder (single-mask decoder) plus a multimask decoder beside it."""
-    from napari_mobilesam.engine.export import export_decoder, export_onnx, exportable_copy
-    from napari_mobilesam.model.build import build_mobile_sam
+def exported(synthetic_checkpoint):
+    """The default export folder, plus a token-0-only ("first") decoder beside it."""
+    from onnx_export_helpers import export_once
 
-    out = tmp_path_factory.mktemp("onnx_export")
-    result = export_onnx(synthetic_checkpoint, out)
-    model = exportable_copy(build_mobile_sam(synthetic_checkpoint, device="cpu", optimize=False))
-    multimask = export_decoder(model, out / "mobile_sam.decoder.multimask.onnx", multimask=True)
-    return result, multimask
+    return export_once()
 
 
 @pytest.fixture(scope="session")
 def sessions(exported):
-    result, multimask = exported
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    from onnx_export_helpers import session
 
-    def session(path):
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
+    result, first = exported
     return {
         "encoder": session(result.encoder),
-        False: session(result.decoder),
-        True: session(multimask),
+        "all": session(result.decoder),
+        "single": session(result.single_decoder),
+        "first": session(first),
     }
 
 
@@ -121,7 +113,9 @@ def run_prompt_set(sessions, embedding: np.ndarray, z, k: int) -> dict[str, np.n
     """The golden prompt set ``k`` through the ONNX decoder; batched sets one prompt at a time."""
     p = prompt_set(z, k)
     size = tuple(int(s) for s in z["original_size"])
-    decoder = sessions[bool(p["multimask"])]
+    # The default decoder returns SAM's 4 masks: token 0 is multimask_output=False's mask,
+    # tokens 1..3 are multimask_output=True's candidates.
+    chosen = slice(1, None) if p["multimask"] else slice(0, 1)
     if p["batched"]:
         n = len(p["boxes_model"] if p["boxes_model"] is not None else p["point_coords_model"])
         prompts = [
@@ -140,7 +134,9 @@ def run_prompt_set(sessions, embedding: np.ndarray, z, k: int) -> dict[str, np.n
         if coords is None and box is None:
             pytest.skip("SAM's ONNX interface always carries a point; a mask-only prompt has none")
         inputs = decoder_inputs(embedding, size, coords, labels, box, mask)
-        outputs.append(decoder.run(None, inputs))
+        masks, iou, low_res = sessions["all"].run(None, inputs)
+        assert masks.shape == (1, 4, *size) and iou.shape == (1, 4)
+        outputs.append((masks[:, chosen], iou[:, chosen], low_res[:, chosen]))
     masks, iou, low_res = (np.concatenate(parts) for parts in zip(*outputs, strict=True))
     if not p["batched"]:
         masks, iou, low_res = masks[0], iou[0], low_res[0]
@@ -151,16 +147,43 @@ def test_export_folder_contents(exported, synthetic_checkpoint):
     from napari_mobilesam.engine.weights import file_sha256
 
     result, _ = exported
-    assert result.encoder.name == "mobile_sam.encoder.onnx"
-    assert result.decoder.name == "mobile_sam.decoder.onnx"
+    folder = result.encoder.parent
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "mobile_sam.anylabeling.yaml",
+        "mobile_sam.decoder.onnx",
+        "mobile_sam.decoder.single.onnx",
+        "mobile_sam.encoder.onnx",
+        "mobile_sam.encoder.preprocess.onnx",
+        "mobile_sam.export.json",
+    ]  # and no temporary left behind
+    assert result.files == [
+        folder / name
+        for name in (
+            "mobile_sam.encoder.onnx",
+            "mobile_sam.encoder.preprocess.onnx",
+            "mobile_sam.decoder.onnx",
+            "mobile_sam.decoder.single.onnx",
+            "mobile_sam.anylabeling.yaml",
+            "mobile_sam.export.json",
+        )
+    ]
     meta = json.loads(result.metadata.read_text())
     assert meta["source_weights"]["sha256"] == file_sha256(synthetic_checkpoint)
     assert meta["opset"] == 17
     assert meta["encoder"]["preprocessing"]["normalize"]["mean"] == [123.675, 116.28, 103.53]
-    assert meta["decoder"]["multimask"] is False
+    assert meta["encoder_preprocess"]["input"]["shape"] == ["H", "W", 3]
+    # Which semantics each decoder file has.
+    decoders = {d["file"]: d for d in meta["decoders"]}
+    assert decoders["mobile_sam.decoder.onnx"]["masks"] == "all"
+    assert decoders["mobile_sam.decoder.onnx"]["outputs"]["iou_predictions"] == [1, 4]
+    assert decoders["mobile_sam.decoder.single.onnx"]["masks"] == "single"
+    assert "select_masks" in decoders["mobile_sam.decoder.single.onnx"]["semantics"]
+    assert meta["anylabeling_config"] == "mobile_sam.anylabeling.yaml"
     assert "-1" in meta["decoder"]["point_labels"]
-    # Atomic writes leave no temporary file behind.
-    assert not [p for p in result.encoder.parent.iterdir() if p.name.startswith(".")]
+    # Files get the permissions a plain write gives (not mkstemp's 0600).
+    from napari_mobilesam.engine.atomic_files import process_umask
+
+    assert (result.decoder.stat().st_mode & 0o777) == 0o666 & ~process_umask()
 
 
 def test_interface_names_and_shapes(sessions):
@@ -168,7 +191,7 @@ def test_interface_names_and_shapes(sessions):
     assert [i.name for i in encoder.get_inputs()] == ["image"]
     assert encoder.get_inputs()[0].shape == [1, 3, 1024, 1024]
     assert [o.name for o in encoder.get_outputs()] == ["image_embeddings"]
-    decoder = sessions[False]
+    decoder = sessions["all"]
     names = [i.name for i in decoder.get_inputs()]
     assert names == [
         "image_embeddings",
@@ -250,14 +273,21 @@ def test_onnx_decoder_any_aspect_ratio(size, multimask, sessions, case_data, gol
         t.apply_boxes(box, size),
         None,
     )
-    masks_onnx, iou_onnx, low_onnx = sessions[multimask].run(None, inputs)
-    assert masks_onnx.shape == (1, 3 if multimask else 1, h, w)
+    masks_onnx, iou_onnx, low_onnx = sessions["all"].run(None, inputs)
+    assert masks_onnx.shape == (1, 4, h, w)
+    chosen = slice(1, None) if multimask else slice(0, 1)
+    masks_onnx, iou_onnx, low_onnx = masks_onnx[:, chosen], iou_onnx[:, chosen], low_onnx[:, chosen]
     np.testing.assert_allclose(iou_onnx[0], iou, rtol=0, atol=ATOL_IOU)
     np.testing.assert_allclose(low_onnx[0], low_res, rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING)
     # Pixels may flip only where the logit sits next to the threshold.
     differ = (masks_onnx[0] > 0) != (logits > 0)
     assert not (differ & (np.abs(logits) >= 1e-3)).any()
     assert np.abs(masks_onnx[0] - logits).max() < 1e-3
+    if not multimask:  # the documented token-0-only decoder gives exactly token 0
+        first = sessions["first"].run(None, inputs)
+        assert first[0].shape == (1, 1, h, w)
+        for a, b in zip(first, (masks_onnx, iou_onnx, low_onnx), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 def test_has_mask_input_zero_ignores_mask(sessions, case_data):
@@ -265,9 +295,9 @@ def test_has_mask_input_zero_ignores_mask(sessions, case_data):
     inputs = decoder_inputs(
         z["image_embedding"], (480, 640), np.array([[100.0, 200.0]]), np.array([1]), None, None
     )
-    plain = sessions[False].run(None, inputs)
+    plain = sessions["all"].run(None, inputs)
     inputs["mask_input"] = np.full((1, 1, 256, 256), 7.0, np.float32)
-    ignored = sessions[False].run(None, inputs)
+    ignored = sessions["all"].run(None, inputs)
     for a, b in zip(plain, ignored, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -350,8 +380,10 @@ def test_cli_arguments_round_trip(tmp_path, capsys):
     (tmp_path / "x").write_text("x")
     args = parser.parse_args(["--out", str(tmp_path), "--weights", str(tmp_path / "none.pt")])
     assert args.opset == 17 and args.format == "onnx" and not args.quantize
-    assert run_export(args) == 1
-    assert "not empty" in capsys.readouterr().err
+    assert args.masks is None and not args.multimask  # export_onnx's default: "all"
+    assert run_export(args) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.golden
@@ -370,10 +402,123 @@ def test_openvino_format_decoder_matches_onnx(exported, sessions, case_data, tmp
         inputs = decoder_inputs(
             embedding, size, np.array([[100.0, 200.0]]), np.array([1]), None, None
         )
-        masks, iou, low_res = sessions[False].run(None, inputs)
+        masks, iou, low_res = sessions["all"].run(None, inputs)
         out = compiled(inputs)
         ov_masks, ov_iou, ov_low_res = (out[compiled.output(i)] for i in range(3))
-        assert ov_masks.shape == masks.shape == (1, 1, *size)
+        assert ov_masks.shape == masks.shape == (1, 4, *size)
         np.testing.assert_allclose(ov_iou, iou, rtol=0, atol=ATOL_IOU)
         np.testing.assert_allclose(ov_low_res, low_res, rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING)
         assert not (((ov_masks > 0) != (masks > 0)) & (np.abs(masks) >= 1e-3)).any()
+
+
+@pytest.mark.parametrize("opset", [5, 13, 21, 99, -1, 17.0, "17", True])
+def test_opset_out_of_range_is_refused_before_any_work(opset, tmp_path):
+    from napari_mobilesam.engine.export import export_onnx
+
+    with pytest.raises(ValueError, match=r"opset must be"):
+        export_onnx(tmp_path / "weights.pt", tmp_path / "out", opset=opset)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", ["5", "99", "abc", "17.5", ""])
+def test_cli_opset_out_of_range_exits_2_with_one_line(text, tmp_path, capsys):
+    from napari_mobilesam.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--out", str(tmp_path / "out"), "--opset", text])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--opset" in err and "from 14 to 20" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_masks_and_multimask_exclude_each_other(tmp_path, capsys):
+    from napari_mobilesam.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--out", str(tmp_path), "--masks", "all", "--multimask"])
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_api_masks_checked(tmp_path):
+    from napari_mobilesam.engine.export import export_onnx
+
+    with pytest.raises(ValueError, match="masks must be one of"):
+        export_onnx(tmp_path / "w.pt", tmp_path / "out", masks="best")
+    with pytest.raises(ValueError, match="multimask=True"):
+        export_onnx(tmp_path / "w.pt", tmp_path / "out", masks="all", multimask=True)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftover_of_a_killed_export_is_swept(tmp_path):
+    """A temporary (file or work folder) that a killed export left behind is removed by the next
+    export into the folder; the user's own hidden files stay."""
+    import os
+
+    from napari_mobilesam.engine.atomic_files import IMPORTED_AT, temporary_name
+    from napari_mobilesam.engine.export import prepare_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    leftovers = []
+    for name, folder in (("mobile_sam.encoder.onnx", False), ("export", True)):
+        fresh = temporary_name(out / name)
+        host, pid, rest = fresh.name.rsplit(".", 2)[0].split(".")[-1].split("-")
+        dead = fresh.with_name(fresh.name.replace(f"{host}-{pid}-", f"{host}-{_dead_pid()}-"))
+        if folder:
+            dead.mkdir()
+            (dead / "mobile_sam.decoder.onnx").write_bytes(b"partial")
+        else:
+            dead.write_bytes(b"partial graph")
+        os.utime(dead, (IMPORTED_AT - 60, IMPORTED_AT - 60))
+        leftovers.append(dead)
+    (out / ".user_notes").write_text("mine")
+
+    with pytest.raises(FileExistsError, match=r"\.user_notes"):
+        prepare_folder(out, overwrite=False)  # the user's file still counts
+    assert not any(p.exists() for p in leftovers)
+    assert (out / ".user_notes").read_text() == "mine"
+
+
+def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch, synthetic_checkpoint):
+    """Ctrl+C (and SIGTERM in the command, see below) in the middle: no file of ours is left."""
+    from napari_mobilesam.engine import export
+
+    calls = []
+
+    def interrupted(model, path, opset=17, masks="all"):
+        calls.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_decoder", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        export.export_onnx(synthetic_checkpoint, out)
+    assert calls  # the encoders were made before the decoder was interrupted
+    assert list(out.iterdir()) == []  # neither the finished encoders nor a temporary
+
+
+def test_sigterm_in_the_export_command_raises_keyboard_interrupt():
+    """The command turns SIGTERM into KeyboardInterrupt so the clean-up above runs; the signal
+    is sent to this very thread, so it is delivered before the next statement (no timing)."""
+    import os
+    import signal
+
+    from napari_mobilesam.cli.export_command import _sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -14,8 +14,20 @@ Label Studio's SAM backend) call the decoder with these inputs:
 * ``orig_im_size`` (2,) float32, (H, W) of the original image;
 
 and get ``masks`` (1, C, H, W) logits at the original size (threshold at 0), ``iou_predictions``
-(1, C) and ``low_res_masks`` (1, C, 256, 256). This module is pure torch: it only has to trace
-well (no Python control flow on tensor values), see :mod:`napari_mobilesam.engine.export`.
+(1, C) and ``low_res_masks`` (1, C, 256, 256). Which masks, and so C, is chosen when the graph is
+built (:data:`MASK_OUTPUTS`):
+
+* ``"all"``: the decoder's 4 masks, the single-object token first (C = 4), what
+  segment-anything's ``export_onnx_model.py`` writes by default;
+* ``"single"``: one mask chosen by segment-anything's ``select_masks`` rule (C = 1), what it
+  writes with ``--return-single-mask``: score = IoU + (N - 2.5) x [1000, 0, 0, 0] with N the
+  number of points given, the padding point and box corners included; the argmax wins. One click
+  (+ padding) gives the best of the 3 candidates, 3 or more points give the single-object mask;
+* ``"first"``: the single-object mask, token 0 (C = 1), what ``multimask_output=False`` gives;
+* ``"multimask"``: the 3 candidates, tokens 1..3 (C = 3), what ``multimask_output=True`` gives.
+
+This module is pure torch: it only has to trace well (no Python control flow on tensor values),
+see :mod:`napari_mobilesam.engine.export`.
 """
 
 from __future__ import annotations
@@ -36,22 +48,30 @@ INPUT_NAMES = (
 )
 OUTPUT_NAMES = ("masks", "iou_predictions", "low_res_masks")
 
+# Which of the decoder's 4 mask tokens a graph returns: the name, then the number of masks.
+MASK_OUTPUTS = {"all": 4, "single": 1, "first": 1, "multimask": 3}
+
 
 class SamOnnxDecoder(nn.Module):
     """SAM's ONNX decoder interface on a loaded MobileSAM model (shares its modules).
 
     Arguments:
       model: the float32 model (eval mode).
-      multimask: True returns the 3 candidate masks (SAM's ``multimask_output=True``), False the
-        single-object mask (``multimask_output=False``), so C is 3 or 1.
+      masks: which masks the graph returns, one of :data:`MASK_OUTPUTS` (see the module text).
     """
 
-    def __init__(self, model: Sam, multimask: bool = False) -> None:
+    def __init__(self, model: Sam, masks: str = "all") -> None:
         super().__init__()
+        if masks not in MASK_OUTPUTS:
+            raise ValueError(f"masks must be one of {tuple(MASK_OUTPUTS)}, got {masks!r}.")
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.img_size = int(model.img_size)
-        self.multimask = bool(multimask)
+        self.masks = masks
+        # select_masks' weights: only the single-object token gets the point-count bonus.
+        reweight = torch.zeros(1, self.mask_decoder.num_mask_tokens)
+        reweight[0, 0] = 1000.0
+        self.register_buffer("score_reweight", reweight, persistent=False)
 
     def embed_points(self, point_coords: torch.Tensor, point_labels: torch.Tensor) -> torch.Tensor:
         """(1, N, 2) coordinates in the 1024 frame and (1, N) labels -> (1, N, 256) tokens.
@@ -116,6 +136,24 @@ class SamOnnxDecoder(nn.Module):
         low_res, iou = self.mask_decoder.predict_masks(
             image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense
         )
-        chosen = slice(1, None) if self.multimask else slice(0, 1)
-        low_res, iou = low_res[:, chosen], iou[:, chosen]
+        if self.masks == "single":
+            low_res, iou = self.select_masks(low_res, iou, point_labels)
+        elif self.masks != "all":
+            chosen = slice(1, None) if self.masks == "multimask" else slice(0, 1)
+            low_res, iou = low_res[:, chosen], iou[:, chosen]
         return self.upscale(low_res, orig_im_size), iou, low_res
+
+    def select_masks(
+        self, low_res: torch.Tensor, iou: torch.Tensor, point_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 4, 256, 256) logits and (1, 4) IoUs -> the one mask segment-anything's export picks.
+
+        The point count N comes from the labels' shape as a tensor (padding point and box corners
+        included, as in SAM), so the rule follows N in the graph rather than the tracing example.
+        """
+        num_points = torch.ones_like(point_labels).sum(dim=1, keepdim=True)  # (1, 1)
+        score = iou + (num_points - 2.5) * self.score_reweight
+        best = torch.argmax(score, dim=1, keepdim=True)  # (1, 1)
+        iou = torch.gather(iou, 1, best)
+        index = best.reshape(-1, 1, 1, 1).expand(-1, 1, *low_res.shape[-2:])
+        return torch.gather(low_res, 1, index), iou
