@@ -57,11 +57,15 @@ _LAZY = {
     "export_onnx": "engine.export",
     "use_runtime": "engine.runtimes",
     "available_runtimes": "engine.runtimes",
+    "refine_labels": "engine.refine",
+    "find_seeds": "engine.seeds",
 }
 
 __all__ = [
     "available_runtimes",
     "build_mobile_sam",
+    "find_seeds",
+    "refine_labels",
     "Cancelled",
     "CheckpointError",
     "commit_objects",
@@ -106,7 +110,9 @@ if TYPE_CHECKING:
     from napari_mobilesam.engine.mobile_sam import MobileSAM, Results
     from napari_mobilesam.engine.predictor import SamPredictor
     from napari_mobilesam.engine.propagation import PropagationSettings, Seed, propagate
+    from napari_mobilesam.engine.refine import refine_labels
     from napari_mobilesam.engine.runtimes import available_runtimes, use_runtime
+    from napari_mobilesam.engine.seeds import find_seeds
     from napari_mobilesam.engine.stack import StackEmbeddings, precompute_stack, segment_stack
     from napari_mobilesam.engine.steps import Cancelled
     from napari_mobilesam.engine.transforms import ResizeLongestSide
