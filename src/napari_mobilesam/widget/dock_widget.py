@@ -47,6 +47,7 @@ from napari_mobilesam.widget.controls import MobileSAMControls
 from napari_mobilesam.widget.everything_runner import EverythingRunner
 from napari_mobilesam.widget.interactive import DEBOUNCE_MS, InteractiveRunner
 from napari_mobilesam.widget.layer_links import LayerLinks
+from napari_mobilesam.widget.project_saving import ProjectSaving
 from napari_mobilesam.widget.stack_runner import KEY_PROPAGATE, StackRunner
 from napari_mobilesam.widget.status_line import StatusLine
 
@@ -83,6 +84,7 @@ class MobileSAMWidget(MobileSAMControls):
         interactive: the live preview and the commit.
         stack: the 3D section (propagate, precompute).
         everything: the "Segment everything" section.
+        saving: the "Save to project" section (every write saved in a project folder).
     """
 
     interactive: InteractiveRunner | None = None  # the layer choices are listed before __init__
@@ -105,6 +107,8 @@ class MobileSAMWidget(MobileSAMControls):
         self.add_section(self.stack.panel)
         self.everything = EverythingRunner(self)
         self.add_section(self.everything.panel)
+        self.saving = ProjectSaving(self.loader)
+        self.add_section(self.saving.panel)
         self.finish_layout()
 
         self._watcher = CloseWatcher(self._teardown, self.native)
@@ -240,6 +244,7 @@ class MobileSAMWidget(MobileSAMControls):
             add_keeping_selection(self.viewer, labels)
             self.set_labels_layer(labels)
         check_target(labels, image)
+        self.saving.attach(labels, image)  # saved before the write reports success
         return labels
 
     def current_objects(self) -> list[SegmentedObject]:
@@ -266,6 +271,8 @@ class MobileSAMWidget(MobileSAMControls):
         for combo in (self._image_combo, self._points_combo, self._shapes_combo):
             combo.changed.connect(self.links.relink)
         self._make_prompts_button.changed.connect(self.create_prompt_layers)
+        self._image_combo.changed.connect(lambda *_: self.saving.image_changed(self.image_layer))
+        self.saving.image_changed(self.image_layer)
         self._polarity_combo.changed.connect(self._on_polarity_choice)
         for control in (self._weights_edit, self._device_combo, self._runtime_combo):
             control.changed.connect(self._on_model_choice)
@@ -314,6 +321,7 @@ class MobileSAMWidget(MobileSAMControls):
         self.stack.stop()
         self.everything.stop()
         self.interactive.teardown()
+        self.saving.close()
         for key in self._bound_keys:
             self.viewer.bind_key(key, None)
         self._bound_keys.clear()
