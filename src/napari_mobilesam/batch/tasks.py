@@ -223,6 +223,15 @@ def _segment(task: Task, spec: ModelSpec, report: TaskReport) -> np.ndarray:
     predictor = get_predictor(spec)
     start = time.perf_counter()
     _set_image(predictor, image, size)
+    if task.options.get("each_point"):  # batched; overlaps go to the higher predicted IoU
+        from napari_mobilesam.engine.point_objects import decode_objects, prompts_from_objects
+
+        prompts = prompts_from_objects(task.options["objects"], each_point=True)
+        multimask = bool(task.options.get("multimask", True))
+        labels = decode_objects(predictor, prompts, multimask).labels().astype(np.uint32)
+        predictor.reset_image()
+        report.model_seconds = time.perf_counter() - start
+        return labels
     masks = []
     for group in task.options["objects"]:
         kwargs: dict[str, Any] = {"point_coords": None, "point_labels": None, "box": None}
@@ -277,9 +286,27 @@ def linked_planes(planes: Iterator[np.ndarray], link_iou: float = 0.5) -> Iterat
         yield linked.astype(labels.dtype, copy=False)
 
 
+def _refine(task: Task, spec: ModelSpec, report: TaskReport) -> np.ndarray:
+    """Every label of the plane prompts one object (its box and mask); source ids kept."""
+    from napari_mobilesam.engine.refine import refine_plane
+
+    image = model_input(task, task.source.read(task.plane))
+    labels = np.asarray(task.options["labels"].read(task.plane))
+    if labels.dtype == np.bool_:
+        labels = labels.astype(np.uint8)
+    predictor = get_predictor(spec)
+    start = time.perf_counter()
+    _set_image(predictor, image, task.source.plane_shape)
+    refined = refine_plane(predictor, labels, mask_prompt=task.options.get("mask_prompt", True))
+    predictor.reset_image()
+    report.model_seconds = time.perf_counter() - start
+    return refined.astype(np.uint32)
+
+
 _LABEL_KINDS: dict[str, Callable[[Task, ModelSpec, TaskReport], np.ndarray]] = {
     "segment": _segment,
     "everything": _everything,
+    "refine": _refine,
 }
 
 

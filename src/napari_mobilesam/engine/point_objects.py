@@ -335,3 +335,24 @@ def resolve_overlaps(
         else:
             labels[np.asarray(mask, dtype=bool)] = index + 1
     return labels
+
+
+def prompts_from_objects(objects: Sequence[dict], each_point: bool = False) -> list[ObjectPrompt]:
+    """Object dicts ({"points", "labels", "box"}, the command line's) as prompts; with
+    ``each_point`` an object without a box becomes one object per positive point."""
+    prompts: list[ObjectPrompt] = []
+    for obj in objects:
+        points = obj.get("points") or []
+        box = obj.get("box")
+        if each_point and box is None:
+            prompts += each_point_prompts(np.asarray(points, float).reshape(-1, 2), obj["labels"])
+            continue
+        coords = np.asarray(points, dtype=np.float64).reshape(-1, 2) if points else None
+        prompts.append(
+            ObjectPrompt(
+                point_coords=coords,
+                point_labels=None if coords is None else np.asarray(obj["labels"], np.int64),
+                box=None if box is None else np.asarray(box, dtype=np.float64),
+            )
+        )
+    return prompts

@@ -412,3 +412,9 @@ def refine_labels(
         if bar is not None:
             bar.close()
     return result.labels
+
+
+def refine_plane(predictor: Any, plane: np.ndarray, **options: Any) -> np.ndarray:
+    """:func:`refine_plane_steps` run to its end: the refined (H, W) labels (source ids)."""
+    labels, _, _ = drive(refine_plane_steps(predictor, plane, **options))
+    return labels
