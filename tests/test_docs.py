@@ -99,18 +99,19 @@ def _blobs(shape: tuple[int, int], seed: int, dtype=np.uint8) -> np.ndarray:
 def write_example_inputs(folder: Path) -> None:
     """The files the examples name, small so that the pages run quickly.
 
-    ``mobile_sam.pt``: the synthetic checkpoint (official layout); ``cells.png`` / ``cells.tif``:
-    480 x 360 images; ``b.png``; ``images/``: one image; ``data/`` and ``stack.tif``: 2-plane
-    uint16 stacks of 64 x 64; ``big.tif``: 96 x 128; ``volume.zarr`` and ``experiment.zarr/0``:
-    zarr stacks; ``points.csv`` / ``shapes.csv``: napari's CSVs of a Points and a Shapes layer.
+    ``mobile_sam.pt``: the synthetic checkpoint (official layout); ``cells.png``, ``cells.tif``
+    and ``tissue.png``: 480 x 360 images; ``b.png``; ``images/``: one image; ``data/`` and
+    ``stack.tif``: 2-plane uint16 stacks of 64 x 64; ``big.tif``: 96 x 128; ``volume.zarr`` and
+    ``experiment.zarr/0``: zarr stacks; ``points.csv`` / ``shapes.csv``: napari's CSVs of a
+    Points and a Shapes layer.
     """
     import tifffile
     import zarr
     from PIL import Image
 
     (folder / "mobile_sam.pt").symlink_to(SYNTHETIC_CHECKPOINT)
-    cells = _blobs((360, 480), 0)
-    Image.fromarray(cells).save(folder / "cells.png")
+    Image.fromarray(_blobs((360, 480), 0)).save(folder / "cells.png")
+    Image.fromarray(_blobs((360, 480), 6)).save(folder / "tissue.png")
     tifffile.imwrite(folder / "cells.tif", _blobs((360, 480), 0, np.uint16))
     Image.fromarray(_blobs((48, 64), 1)).save(folder / "b.png")
     (folder / "images").mkdir()
