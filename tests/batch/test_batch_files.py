@@ -9,14 +9,21 @@ import pytest
 import tifffile
 
 from napari_mobilesam.batch.files import (
+    ABSENT,
+    DONE_SAME,
+    FOREIGN,
+    OURS_OTHER,
     LabelVolume,
-    atomic_write,
     napari_contrast_limits,
     open_source,
-    sweep_partials,
+    output_state,
+    read_manifest,
+    recipe_digest,
     write_labels,
+    write_output,
 )
 from napari_mobilesam.batch.tasks import linked_planes
+from napari_mobilesam.engine.atomic_files import is_temporary
 
 
 @pytest.mark.parametrize(
@@ -45,23 +52,50 @@ def test_contrast_limits_are_those_napari_gives_a_new_layer(data: np.ndarray, tm
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path: Path) -> None:
-    target = tmp_path / "labels.tif"
-
     def fail(tmp: Path) -> None:
         tmp.write_bytes(b"half")
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
-    with pytest.raises(OSError):
-        atomic_write(target, fail)
-    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="No space"):
+        write_output(tmp_path / "labels.tif", fail, {"input": "a"})
+    # The manifest claimed the name, the output never came: nothing counts as done, and the
+    # next run redoes it without --overwrite.
+    assert not (tmp_path / "labels.tif").exists()
+    assert output_state(tmp_path / "labels.tif", recipe_digest({"input": "a"})) == ABSENT
+    assert [p.name for p in tmp_path.iterdir() if is_temporary(p)] == []
 
 
-def test_sweep_removes_only_temporaries(tmp_path: Path) -> None:
-    write_labels(tmp_path / "a.tif", np.ones((4, 4), np.uint32))
-    (tmp_path / ".b.tif.x1y2.partial").write_bytes(b"left by a killed worker")
-    (tmp_path / "notes.partial").write_text("not ours")
-    assert sweep_partials(tmp_path) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "notes.partial"]
+def test_an_output_is_recognised_by_its_manifest(tmp_path: Path) -> None:
+    recipe = {"input": {"path": "/data/a.tif", "size": 10}, "points": [[1, 2]]}
+    path = write_labels(tmp_path / "a.tif", np.ones((4, 4), np.uint32), recipe)
+    assert output_state(path, recipe_digest(recipe)) == DONE_SAME
+    assert output_state(path, recipe_digest({**recipe, "points": [[2, 2]]})) == OURS_OTHER
+    assert read_manifest(path)["recipe"] == recipe
+    # Edited or replaced by someone else after this program wrote it: not "done" any more.
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint32))
+    assert output_state(path, recipe_digest(recipe)) == OURS_OTHER
+    # Replacing it is allowed (ours); a file or folder without a manifest is never replaced.
+    write_labels(path, np.full((4, 4), 2, np.uint32), recipe)
+    assert output_state(path, recipe_digest(recipe)) == DONE_SAME
+    theirs = tmp_path / "b.tif"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    assert output_state(theirs, recipe_digest(recipe)) == FOREIGN
+    with pytest.raises(FileExistsError, match="not written by napari-mobilesam"):
+        write_labels(theirs, np.ones((4, 4), np.uint32), recipe)
+    assert (theirs / "notes.txt").read_text() == "mine"
+
+
+def test_contrast_limits_ignore_non_finite_pixels(tmp_path: Path) -> None:
+    data = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8) * 100
+    data[0, 0], data[1, 1], data[2, 2] = np.inf, -np.inf, np.nan
+    path = tmp_path / "float.tif"
+    tifffile.imwrite(path, data)
+    low, high = napari_contrast_limits(open_source(path))
+    finite = data[np.isfinite(data)]
+    assert (low, high) == (float(finite.min()), float(finite.max()))
+    tifffile.imwrite(path, np.full((4, 4), np.nan, np.float32))
+    assert napari_contrast_limits(open_source(path)) == (0.0, 1.0)
 
 
 def test_a_volume_resumes_marked_planes_and_appears_only_when_finished(tmp_path: Path) -> None:
@@ -70,15 +104,22 @@ def test_a_volume_resumes_marked_planes_and_appears_only_when_finished(tmp_path:
     plane = np.zeros((8, 8), np.uint32)
     plane[2:5, 2:5] = 1
     volume.write_plane((0,), plane)
-    assert volume.planes_missing() == [(1,), (2,)] and not volume.complete
+    assert volume.planes_missing() == [(1,), (2,)] and volume.state() == ABSENT
     LabelVolume(str(tmp_path / "v.zarr"), (3, 8, 8)).prepare()  # a re-run keeps plane 0
     assert volume.plane_done((0,))
+    # ... but a run of another recipe (other prompts, parameters) starts over.
+    other = LabelVolume(str(tmp_path / "v.zarr"), (3, 8, 8), recipe='{"points": 1}')
+    other.prepare()
+    assert other.planes_missing() == [(0,), (1,), (2,)]
+    volume.prepare()
+    volume.write_plane((0,), plane)
     volume.write_plane((1,), plane)  # the same object: linked to plane 0's id
     shifted = np.zeros((8, 8), np.uint32)
     shifted[6:8, 6:8] = 1  # elsewhere: a new object
     volume.write_plane((2,), shifted)
     volume.finish(linked_planes)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.zarr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".v.zarr.napari-mobilesam.json", "v.zarr"]
+    assert volume.state() == DONE_SAME
     import zarr
 
     result = np.asarray(zarr.open_array(str(tmp_path / "v.zarr"), mode="r")[:])

@@ -155,26 +155,56 @@ def test_interrupt_while_writing_leaves_no_partial_file(
     assert list(out.iterdir()) == []
 
 
+def gated_command(gate: Path, argv: list[str]) -> list[str]:
+    """The command line in a subprocess whose tasks after the first wait at ``gate`` (see
+    cli_gates.py); the environment it needs comes from :func:`gated_environment`."""
+    return [sys.executable, "-c", "import cli_gates; cli_gates.main()", *argv]
+
+
+def gated_environment(gate: Path) -> dict[str, str]:
+    here = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "NAPARI_MOBILESAM_TEST_GATE": str(gate)}
+
+
+def wait_for(found, run: subprocess.Popen) -> None:
+    """Wait until ``found()`` (the run reached a known point); a guard against a hang, not a
+    measurement: the run is not timed."""
+    give_up = time.monotonic() + 300
+    while not found():
+        if run.poll() is not None or time.monotonic() > give_up:
+            run.kill()
+            out, err = run.communicate()
+            pytest.fail(f"the run ended or hung before the gate (exit {run.returncode}): {err}")
+        time.sleep(0.02)
+
+
 def test_ctrl_c_in_a_real_run_keeps_only_whole_outputs(
     image_folder: Path, synthetic_checkpoint: Path, tmp_path: Path
 ) -> None:
     import tifffile
 
-    for seed in range(4):  # enough work that the run is still busy after its first output
+    for seed in range(4):  # six inputs: one done, one at the gate, four not started
         tifffile.imwrite(image_folder / f"more{seed}.tif", np.full((64, 64), seed * 50, np.uint16))
-    cache = tmp_path / "cache"
-    command = [sys.executable, "-m", "napari_mobilesam", "embed", str(image_folder)]
-    command += ["--cache", str(cache), "--weights", str(synthetic_checkpoint), "--workers", "1"]
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    give_up = time.monotonic() + 300  # a guard against hanging, not a measurement
-    while not list(cache.glob("*/*.npy")) and run.poll() is None and time.monotonic() < give_up:
-        time.sleep(0.05)
+    cache, gate = tmp_path / "cache", tmp_path / "gate"
+    gate.mkdir()
+    argv = ["embed", str(image_folder), "--cache", str(cache), "--workers", "1", "--quiet"]
+    run = subprocess.Popen(
+        gated_command(gate, [*argv, "--weights", str(synthetic_checkpoint)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=gated_environment(gate),
+    )
+    # The first task is finished (one thread: the second starts after it) and the second waits.
+    wait_for(lambda: any(gate.glob("waiting-*")), run)
     run.send_signal(signal.SIGINT)
+    (gate / "open").touch()  # the task in flight finishes; the others never start
     _, err = run.communicate(timeout=300)
     assert run.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     entries = list(cache.glob("*/*.npy"))
-    assert 1 <= len(entries) < 6
+    assert 1 <= len(entries) <= 2
     assert [p.name for p in cache.rglob("*") if p.is_file() and p.suffix != ".npy"] == []
     for entry in entries:
         assert np.load(entry).shape == (1, 256, 64, 64)

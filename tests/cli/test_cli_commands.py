@@ -113,7 +113,8 @@ def test_segment_writes_one_label_image_and_skips_it_next_time(
     labels = tifffile.imread(out / "a.tif")
     assert labels.shape == (64, 64) and labels.dtype == np.uint32
     assert set(np.unique(labels)) <= {0, 1}  # one object: the box with its points
-    assert [p.name for p in out.iterdir()] == ["a.tif"]
+    # The labels and their manifest (what they were made from: a re-run compares it).
+    assert sorted(p.name for p in out.iterdir()) == [".a.tif.napari-mobilesam.json", "a.tif"]
     before = files_under(out)
     assert run_cli(argv) == 0
     assert "segment: 0 done, 1 skipped" in capsys.readouterr().out
@@ -137,7 +138,7 @@ def test_segment_a_stack_from_napari_csv_writes_a_zarr_volume(
     volume = zarr.open_array(str(out / "stack.zarr"), mode="r")
     assert volume.shape == (3, 64, 64) and volume.chunks == (1, 64, 64)
     assert not np.asarray(volume[0]).any()  # no prompt on plane 0
-    assert sorted(p.name for p in out.iterdir()) == ["stack.zarr"]  # the work store is gone
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["stack.zarr"]
 
 
 def test_everything_labels_images_and_stacks(
@@ -153,12 +154,19 @@ def test_everything_labels_images_and_stacks(
     assert run_cli(argv) == 0
     assert "everything: 3 done" in capsys.readouterr().out
     assert tifffile.imread(out / "a.tif").shape == (64, 64)
+    # Planes 1 and 2 are marked done; the volume is written once plane 0 is done too.
+    assert not (out / "stack.zarr").exists()
+    whole = [a for a in argv if a not in ("--planes", "1:3")]
+    assert run_cli(whole) == 0
+    assert "everything: 1 done, 3 skipped" in capsys.readouterr().out
     volume = zarr.open_array(str(out / "stack.zarr"), mode="r")
     assert volume.shape == (3, 64, 64) and volume.chunks == (1, 64, 64)
-    assert not np.asarray(volume[0]).any()  # outside --planes
-    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "stack.zarr"]
-    assert run_cli(argv) == 0
-    assert "everything: 0 done, 3 skipped" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "a.tif",
+        "stack.zarr",
+    ]
+    assert run_cli(whole) == 0
+    assert "everything: 0 done, 4 skipped" in capsys.readouterr().out
 
 
 def test_label_volume_exported_as_tif_when_asked(
@@ -171,7 +179,11 @@ def test_label_volume_exported_as_tif_when_asked(
     argv += ["--points", str(_json_prompt(tmp_path)), "--weights", str(synthetic_checkpoint)]
     assert run_cli(argv) == 0
     assert tifffile.imread(out / "stack.tif").shape == (3, 64, 64)
-    assert sorted(p.name for p in out.iterdir()) == ["stack.tif"]  # the work store is gone
+    # The work store is gone; the manifest says what the volume was made from.
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".stack.tif.napari-mobilesam.json",
+        "stack.tif",
+    ]
 
 
 def _json_prompt(tmp_path: Path) -> Path:

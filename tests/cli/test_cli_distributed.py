@@ -88,23 +88,30 @@ def test_a_worker_killed_mid_run_still_gives_the_complete_result(
 def test_ctrl_c_stops_a_local_cluster_run_cleanly(
     six_planes: Path, synthetic_checkpoint: Path, tmp_path: Path
 ) -> None:
-    """Ctrl+C in a terminal reaches the whole process group, workers included."""
+    """Ctrl+C in a terminal reaches the whole process group, workers included. The workers'
+    tasks after the first wait at a gate (cli_gates.py), so the signal lands while planes are
+    left whatever the machine's load."""
     import subprocess
-    import sys
-    import time
 
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "napari_mobilesam", "segment", str(six_planes)]
-    command += ["--points", str(_points_on_every_plane(tmp_path)), "--out", str(out)]
-    command += ["--scheduler", "local:2", "--weights", str(synthetic_checkpoint)]
+    from test_cli_bad_input import gated_command, gated_environment, wait_for
+
+    out, gate = tmp_path / "out", tmp_path / "gate"
+    gate.mkdir()
+    argv = ["segment", str(six_planes), "--points", str(_points_on_every_plane(tmp_path))]
+    argv += ["--out", str(out), "--scheduler", "local:2", "--quiet"]
     run = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        gated_command(gate, [*argv, "--weights", str(synthetic_checkpoint)]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=gated_environment(gate),
     )
     done = out / ".six.planes.zarr.done"
-    give_up = time.monotonic() + 300  # a guard against hanging, not a measurement
-    while run.poll() is None and not list(done.glob("plane-*")) and time.monotonic() < give_up:
-        time.sleep(0.05)
+    # One plane is finished and marked, another waits at the gate, the rest are not done.
+    wait_for(lambda: any(done.glob("plane-*")) and any(gate.glob("waiting-*")), run)
     os.killpg(run.pid, signal.SIGINT)
+    (gate / "open").touch()
     _, err = run.communicate(timeout=300)
     assert run.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err

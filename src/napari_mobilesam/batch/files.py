@@ -15,10 +15,10 @@ leave a half-written file under a result's name:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from napari_mobilesam.engine.atomic_files import (
+    remove_path,
+    temporary_name,
+    write_atomically,
+    write_text_atomically,
+)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
 OUTPUT_FORMATS = ("tif", "zarr", "npy")
-PARTIAL_SUFFIX = ".partial"
 DONE_SUFFIX = ".done"  # the sidecar folder of a label volume: <name>.zarr.done/
 
 
@@ -241,6 +247,20 @@ def open_source(text: str | os.PathLike[str]) -> ImageSource:
     return ImageSource(str(path), None, shape, dtype, guess_rgb(shape))
 
 
+def _finite_range(arrays: list[np.ndarray]) -> tuple[float, float]:
+    """(min, max) over the finite values (NaN and +-inf pixels would give a layer limits that
+    show nothing; napari shows such data with finite limits); (0, 1) when none is finite."""
+    lows, highs = [], []
+    for array in arrays:
+        array = np.asarray(array)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            array = array[np.isfinite(array)]
+        if array.size:
+            lows.append(float(array.min()))
+            highs.append(float(array.max()))
+    return (min(lows), max(highs)) if lows else (0.0, 1.0)
+
+
 # napari samples three planes instead of reading everything above this many values.
 _NAPARI_FULL_RANGE_LIMIT = 1e7
 
@@ -250,8 +270,8 @@ def napari_contrast_limits(source: ImageSource, data: np.ndarray | None = None) 
     reader loads TIFF/PNG files), so that ``embed`` fills the cache entries the plugin looks up.
 
     Mirrors napari's ``calc_data_range``: uint8 -> (0, 255); otherwise the minimum and maximum
-    (of the top, middle and bottom planes only when the array has more than 1e7 values); a
-    constant image widens to include 0 and 1.
+    of the finite values (of the top, middle and bottom planes only when the array has more
+    than 1e7 values); a constant image widens to include 0 and 1.
     """
     if np.dtype(source.dtype) == np.uint8:
         return (0.0, 255.0)
@@ -268,61 +288,139 @@ def napari_contrast_limits(source: ImageSource, data: np.ndarray | None = None) 
         if plane_values > _NAPARI_FULL_RANGE_LIMIT and min(source.plane_shape) > 64:
             rows, cols = (s // 2 for s in source.plane_shape)
             planes = [p[rows - 31 : rows + 31, cols - 31 : cols + 31] for p in planes]
-        low = float(min(np.nanmin(p) for p in planes))
-        high = float(max(np.nanmax(p) for p in planes))
+        low, high = _finite_range(planes)
     else:
         data = source.read_all() if data is None else data
-        low, high = float(np.nanmin(data)), float(np.nanmax(data))
+        low, high = _finite_range([data])
     if low == high:
         low, high = min(low, 0.0), max(high, 1.0)
     return (low, high)
 
 
-# --- Atomic files ------------------------------------------------------------------------------
+# --- Outputs and their manifests --------------------------------------------------------------
+
+MANIFEST_SUFFIX = ".napari-mobilesam.json"
+PROGRAM = "napari-mobilesam"
+# States of an output at planning time (see output_state).
+ABSENT, DONE_SAME, OURS_STALE, OURS_OTHER, FOREIGN = "absent", "same", "stale", "other", "foreign"
 
 
-def _temp_name(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-    os.close(fd)
-    return Path(tmp)
+def manifest_path(output: str | os.PathLike[str]) -> Path:
+    """The manifest of an output: ``.<name>.napari-mobilesam.json`` beside it."""
+    output = Path(output)
+    return output.with_name(f".{output.name}{MANIFEST_SUFFIX}")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)``, then rename the temporary onto ``path``.
+def input_identity(source: ImageSource) -> dict[str, Any]:
+    """What tells this input from another and from an edited copy of itself: the resolved
+    path, the array inside, shape, dtype, and the size and modification time of the file (of
+    a zarr array: of its metadata file)."""
+    path = Path(source.path).resolve()
+    stat_of = path
+    if source.component is not None or path.is_dir():
+        folder = path / (source.component or "")
+        stat_of = next(
+            (folder / m for m in ("zarr.json", ".zarray") if (folder / m).is_file()), folder
+        )
+    st = stat_of.stat()
+    return {
+        "path": os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+        "component": source.component,
+        "shape": list(source.shape),
+        "dtype": source.dtype,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
 
-    The temporary sits in ``path``'s folder (a rename never crosses filesystems) and is removed
-    if ``write`` fails or is interrupted, so ``path`` is either absent, the old file or the new
-    one. ``write`` may create a file or a folder (a zarr store) at the temporary path.
-    """
-    path = Path(path)
-    tmp = _temp_name(path)
+
+def recipe_digest(recipe: dict[str, Any]) -> str:
+    """A short hash of what an output is made from (input, prompts, parameters, weights)."""
+    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _output_stamp(output: Path) -> dict[str, Any]:
+    st = output.stat()
+    if output.is_dir():  # a zarr store: renamed into place whole, so its folder identifies it
+        return {"kind": "folder", "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
+    return {"kind": "file", "size": st.st_size, "inode": st.st_ino, "mtime_ns": st.st_mtime_ns}
+
+
+def read_manifest(output: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The manifest of ``output`` if this program wrote one, else None."""
     try:
-        write(tmp)
-        if path.is_dir():  # --overwrite of an earlier zarr store
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        data = json.loads(manifest_path(output).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("program") != PROGRAM:
+        return None
+    return data
+
+
+def output_state(output: str | os.PathLike[str], digest: str) -> str:
+    """What is at ``output`` compared with what a task would write there.
+
+    ``ABSENT``: nothing. ``DONE_SAME``: this program wrote it from the same recipe and it is
+    unchanged since. ``OURS_STALE``: this program was writing it when it stopped (redo it).
+    ``OURS_OTHER``: this program wrote it from another input, prompts, parameters or weights.
+    ``FOREIGN``: something this program did not write (also a folder where a file goes).
+    """
+    output = Path(output)
+    manifest = read_manifest(output)
+    if not output.exists() and not output.is_symlink():
+        return ABSENT
+    if manifest is None or output.is_symlink():
+        return FOREIGN
+    if manifest.get("state") != "done":
+        return OURS_STALE
+    try:
+        unchanged = manifest.get("output") == _output_stamp(output)
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        return OURS_OTHER
+    return DONE_SAME if manifest.get("digest") == digest else OURS_OTHER
+
+
+def write_output(
+    output: str | os.PathLike[str],
+    write: Callable[[Path], None],
+    recipe: dict[str, Any] | None,
+) -> Path:
+    """Write an output atomically under its manifest: the manifest first claims the name
+    (``state: writing``), then the output is renamed into place, then the manifest records it
+    as done with the output's size and time. A stop at any point leaves either no output or
+    one this program recognises as its own. An existing output is replaced only if this
+    program wrote it (its manifest is there); anything else raises FileExistsError.
+    """
+    output = Path(output)
+    recipe = recipe or {}
+    digest = recipe_digest(recipe)
+    if (output.exists() or output.is_symlink()) and read_manifest(output) is None:
+        raise FileExistsError(
+            f"{output} exists and was not written by napari-mobilesam; it is left alone "
+            "(move it away or choose another --out)"
+        )
+    entry = {"program": PROGRAM, "digest": digest, "recipe": recipe}
+    manifest = manifest_path(output)
+    try:
+        previous: str | None = manifest.read_text(encoding="utf-8")
+    except OSError:
+        previous = None
+    write_text_atomically(manifest, json.dumps({**entry, "state": "writing"}))
+    try:
+        write_atomically(output, write, replace_folder=True)
     except BaseException:
-        _remove(tmp)
+        # Nothing was renamed into place: leave what was there (the old output keeps its old
+        # manifest; no output, no manifest). A kill here instead leaves "writing": redone.
+        if previous is None:
+            manifest.unlink(missing_ok=True)
+        else:
+            write_text_atomically(manifest, previous)
         raise
-    return path
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def sweep_partials(folder: str | os.PathLike[str]) -> int:
-    """Remove the temporaries a killed or interrupted run left in ``folder``; how many."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    found = [p for p in folder.glob(f".*{PARTIAL_SUFFIX}") if p.name.count(".") >= 3]
-    for path in found:
-        _remove(path)
-    return len(found)
+    done = {**entry, "state": "done", "output": _output_stamp(output)}
+    write_text_atomically(manifest_path(output), json.dumps(done, indent=1) + "\n")
+    return output
 
 
 def output_path(out_dir: str | os.PathLike[str], stem: str, fmt: str) -> Path:
@@ -332,10 +430,15 @@ def output_path(out_dir: str | os.PathLike[str], stem: str, fmt: str) -> Path:
     return Path(out_dir) / f"{stem}.{fmt}"
 
 
-def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
-    """Write a label image atomically as ``.tif`` (zlib), ``.npy`` or ``.zarr``."""
+def write_labels(
+    path: str | os.PathLike[str], labels: np.ndarray, recipe: dict[str, Any] | None = None
+) -> Path:
+    """Write a label image atomically as ``.tif`` (zlib), ``.npy`` or ``.zarr``, with its
+    manifest (see :func:`write_output`)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown label format {fmt!r} for {path}")
 
     def write(tmp: Path) -> None:
         if fmt == "tif":
@@ -345,13 +448,10 @@ def write_labels(path: str | os.PathLike[str], labels: np.ndarray) -> Path:
         elif fmt == "npy":
             with open(tmp, "wb") as f:
                 np.save(f, labels, allow_pickle=False)
-        elif fmt == "zarr":
-            tmp.unlink()  # mkstemp made a file; the store is a folder
-            _new_zarr(tmp, labels.shape, labels.dtype, labels.shape)[...] = labels
         else:
-            raise ValueError(f"unknown label format {fmt!r} for {path}")
+            _new_zarr(tmp, labels.shape, labels.dtype, labels.shape)[...] = labels
 
-    return atomic_write(path, write)
+    return write_output(path, write, recipe)
 
 
 def _new_zarr(path: Path, shape: tuple, dtype: Any, chunks: tuple) -> Any:
@@ -370,7 +470,8 @@ def check_writable(folder: str | os.PathLike[str]) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = _temp_name(folder / "write-test")
+        probe = temporary_name(folder / "write-test")
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
         probe.unlink()
     except OSError as exc:
         raise OutputError(
@@ -391,18 +492,30 @@ class LabelVolume:
     plane, so workers never write the same chunk); each plane gets a marker in
     ``.<name>.planes.zarr.done/`` after its region is written. When every plane is marked,
     :meth:`finish` writes the result (``.zarr`` chunked per plane, ``.tif`` or ``.npy``)
-    atomically, relabelling on the way if asked, and removes the work store. So the result's
-    name exists only for a complete volume, and a re-run redoes only unmarked planes.
+    atomically with its manifest (:func:`write_output`), relabelling on the way if asked, and
+    removes the work store. So the result's name exists only for a complete volume, and a
+    re-run of the same recipe redoes only unmarked planes (the work store records the recipe's
+    digest: another recipe starts over).
 
     Attributes:
       path: the result (``<out>/<stem>.zarr``, ``.tif`` or ``.npy``).
       shape: leading axes + (rows, cols).
       dtype: the labels' dtype name.
+      recipe: JSON text of what the volume is made from (input, prompts, parameters, weights).
     """
 
     path: str
     shape: tuple[int, ...]
     dtype: str = "uint32"
+    recipe: str = "{}"
+
+    @property
+    def digest(self) -> str:
+        return recipe_digest(json.loads(self.recipe))
+
+    def state(self) -> str:
+        """The result's :func:`output_state` for this recipe."""
+        return output_state(self.path, self.digest)
 
     @property
     def work_path(self) -> Path:
@@ -416,10 +529,6 @@ class LabelVolume:
     def _marker(self, plane: tuple[int, ...]) -> Path:
         return self.done_folder / ("plane-" + "-".join(str(i) for i in plane))
 
-    @property
-    def complete(self) -> bool:
-        return Path(self.path).exists()
-
     def plane_done(self, plane: tuple[int, ...]) -> bool:
         return self._marker(plane).is_file()
 
@@ -427,18 +536,24 @@ class LabelVolume:
         """Create the work store, or keep an unfinished one of this shape (to resume)."""
         import zarr
 
+        recipe_file = self.done_folder / "recipe"
         if not overwrite and self.done_folder.is_dir():
             try:
+                same = recipe_file.read_text() == self.digest
                 existing = zarr.open_array(str(self.work_path), mode="r")
-                if tuple(existing.shape) == self.shape and str(existing.dtype) == self.dtype:
+                if (
+                    same
+                    and tuple(existing.shape) == self.shape
+                    and str(existing.dtype) == self.dtype
+                ):
                     return
             except Exception:
-                pass  # unreadable metadata: start over below
+                pass  # another recipe, or unreadable metadata: start over below
         for stale in (self.work_path, self.done_folder):
-            if stale.exists():
-                _remove(stale)
+            remove_path(stale)
         self.done_folder.mkdir(parents=True)
         _new_zarr(self.work_path, self.shape, self.dtype, self._chunks())
+        write_text_atomically(recipe_file, self.digest)
 
     def _chunks(self) -> tuple[int, ...]:
         return (1,) * (len(self.shape) - 2) + tuple(self.shape[-2:])
@@ -449,7 +564,7 @@ class LabelVolume:
 
         array = zarr.open_array(str(self.work_path), mode="r+")
         array[plane] = labels.astype(self.dtype, copy=False)
-        atomic_write(self._marker(plane), lambda tmp: tmp.write_text("done\n"))
+        write_text_atomically(self._marker(plane), "done\n")
 
     def planes_missing(self) -> list[tuple[int, ...]]:
         return [p for p in np.ndindex(*self.shape[:-2]) if not self.plane_done(p)]
@@ -492,12 +607,11 @@ class LabelVolume:
                 out.flush()
                 del out
             else:
-                tmp.unlink()  # mkstemp made a file; the store is a folder
                 out = _new_zarr(tmp, self.shape, self.dtype, self._chunks())
                 for p, plane in zip(planes, source(), strict=True):
                     out[p] = plane
 
-        atomic_write(target, write)
-        _remove(self.work_path)
-        _remove(self.done_folder)
+        write_output(target, write, json.loads(self.recipe))
+        remove_path(self.work_path)
+        remove_path(self.done_folder)
         return target

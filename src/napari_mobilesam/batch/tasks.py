@@ -35,10 +35,13 @@ from typing import Any
 import numpy as np
 
 from napari_mobilesam.batch.files import (
+    DONE_SAME,
     ImageSource,
     InputError,
     LabelVolume,
     napari_contrast_limits,
+    output_state,
+    recipe_digest,
     write_labels,
 )
 
@@ -203,7 +206,8 @@ def _embed(task: Task, spec: ModelSpec, report: TaskReport) -> None:
     embedding = predictor.get_image_embedding().float().cpu().numpy()
     predictor.reset_image()
     report.model_seconds = time.perf_counter() - start
-    cache.put(key, embedding)
+    if not cache.put(key, embedding):  # disk full, read-only: not done, whatever the encoder did
+        raise OSError(f"the embedding could not be stored in {cache.folder}: {cache.write_error}")
 
 
 def paint_objects(shape: tuple[int, int], masks: Sequence[np.ndarray]) -> np.ndarray:
@@ -319,6 +323,9 @@ def run_task(task: Task, spec: ModelSpec) -> TaskReport:
     start = time.perf_counter()
     report = TaskReport(task.name, DONE, kind=task.kind)
     if task.kind == "finish":
+        missing = [p for p in task.options.get("planes", ()) if not task.volume.plane_done(p)]
+        if missing:
+            raise RuntimeError(f"{len(missing)} plane(s) of the volume are not done")
         relabel = linked_planes if task.options.get("link") else None
         task.volume.finish(relabel)
     elif task.kind == "embed":
@@ -331,7 +338,7 @@ def run_task(task: Task, spec: ModelSpec) -> TaskReport:
             if task.volume is not None:
                 task.volume.write_plane(task.plane, labels)
             else:
-                write_labels(task.output, labels)
+                write_labels(task.output, labels, task.options.get("recipe"))
     else:
         raise ValueError(f"unknown task kind {task.kind!r}")
     report.seconds = time.perf_counter() - start
@@ -339,9 +346,14 @@ def run_task(task: Task, spec: ModelSpec) -> TaskReport:
 
 
 def _output_exists(task: Task) -> bool:
+    """Whether the task's work is there: its plane marked, or its output written by this
+    program from the same recipe."""
     if task.volume is not None:
         return task.volume.plane_done(task.plane)
-    return task.output is not None and os.path.exists(task.output)
+    if task.output is None:
+        return False
+    digest = recipe_digest(task.options.get("recipe") or {})
+    return output_state(task.output, digest) == DONE_SAME
 
 
 def failure_reason(exc: BaseException) -> str:

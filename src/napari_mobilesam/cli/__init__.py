@@ -12,9 +12,12 @@ import argparse
 import sys
 import textwrap
 
+from napari_mobilesam.cli import arguments as types
 from napari_mobilesam.engine.predictor_loader import DEVICE_CHOICES
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+# The widget's CPU default (layers.everything_layers.CPU_DEFAULTS): about 4x quicker than 32.
+EVERYTHING_POINTS_PER_SIDE = 16
 
 EXAMPLES = {
     "embed": """
@@ -54,35 +57,6 @@ says why), 2 for unusable arguments, 130 when interrupted.
 """
 
 
-def _pair(kind: type, count: int, what: str):
-    def parse(text: str) -> tuple:
-        try:
-            values = tuple(kind(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != count:
-            raise argparse.ArgumentTypeError(f"{what}: expected {count} numbers like {what}")
-        return values
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
-def _scheduler(text: str) -> str:
-    from napari_mobilesam.batch.tasks import parse_scheduler
-
-    try:
-        parse_scheduler(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("model and scheduling")
     run.add_argument("--weights", help="mobile_sam.pt (default: environment, cache, download)")
@@ -90,28 +64,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--scheduler",
         default="threads",
-        type=_scheduler,
+        type=types.scheduler,
         help="threads (this process, default), local:N (N worker processes on this machine, "
         "needs napari-mobilesam[distributed]) or tcp://host:port (a running dask scheduler)",
     )
     run.add_argument(
-        "--workers", type=_positive_int, help="threads for --scheduler threads (default: CPUs)"
+        "--workers",
+        type=types.whole_number(1, types.MAX_WORKERS),
+        help="threads for --scheduler threads (default: CPUs)",
     )
     run.add_argument(
         "--scheduler-timeout",
-        type=float,
+        type=types.seconds,
         default=5.0,
         metavar="S",
         help="seconds to wait for a tcp:// scheduler (default 5)",
     )
     run.add_argument(
         "--contrast-limits",
-        type=_pair(float, 2, "LO,HI"),
+        type=types.contrast_limits,
         metavar="LO,HI",
-        help="intensities mapped to black and white (default: napari's for the data, so the "
-        "plugin finds the same embeddings)",
+        help="intensities mapped to black and white, finite, LO below HI (default: napari's "
+        "for the data, so the plugin finds the same embeddings)",
     )
-    run.add_argument("--overwrite", action="store_true", help="redo work already done")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo work already done and replace outputs this program wrote (never other files)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -127,7 +107,7 @@ def _add(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands and their options)."""
-    parser = argparse.ArgumentParser(
+    parser = types.OneLineParser(
         prog="napari-mobilesam",
         description="MobileSAM from the command line: embeddings, prompted and automatic "
         "segmentation of images and stacks, in this process or on a dask cluster.",
@@ -168,14 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("tif", "zarr", "npy"), help="(default tif; zarr for stacks)"
     )
     everything.add_argument(
-        "--points-per-side", type=_positive_int, default=32, metavar="N", help="grid (default 32)"
+        "--points-per-side",
+        type=types.whole_number(1, types.MAX_POINTS_PER_SIDE),
+        default=EVERYTHING_POINTS_PER_SIDE,
+        metavar="N",
+        help=f"prompt grid of N x N points per image or tile, 1 to {types.MAX_POINTS_PER_SIDE} "
+        f"(default {EVERYTHING_POINTS_PER_SIDE}, the plugin's CPU default; 32 is "
+        "segment-anything's). On a CPU expect about 17 s per 1024 x 1024 image (or tile) at "
+        "16 and 70 s at 32 (2 cores, benchmarks/README.md)",
     )
     everything.add_argument(
-        "--tile-shape", type=_pair(int, 2, "H,W"), metavar="H,W", help="tile large images"
+        "--tile-shape", type=types.tile_shape, metavar="H,W", help="tile large images"
     )
     everything.add_argument(
         "--halo",
-        type=_positive_int,
+        type=types.whole_number(0, 4096),
         metavar="N",
         help="pixels each tile sees beyond its edges, at least the largest object's radius "
         "(default 128)",
@@ -210,24 +197,32 @@ def main(argv: list[str] | None = None) -> int:
     from napari_mobilesam.batch.files import InputError
     from napari_mobilesam.batch.tasks import SchedulerError
     from napari_mobilesam.cli.commands import UserError, run_embed, run_everything, run_segment
+    from napari_mobilesam.cli.interrupts import remember_interrupts
+    from napari_mobilesam.cli.summary import say
 
     command = {"embed": run_embed, "segment": run_segment, "everything": run_everything}
-    try:
-        summary = command[args.command](args)
-    except (UserError, SchedulerError, InputError) as exc:
-        print(f"napari-mobilesam {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(
-            f"napari-mobilesam {args.command}: interrupted. Finished outputs are kept and no "
-            "partial file is left; run the same command again to continue.",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # the model could not be built, a worker setup failed, ...
-        from napari_mobilesam.batch.tasks import failure_reason
+    name = f"napari-mobilesam {args.command}"
+    interrupted_text = (
+        f"{name}: interrupted before all work was done. Finished outputs are kept and no "
+        "partial file is left; run the same command again to continue."
+    )
+    with remember_interrupts() as interrupted:
+        try:
+            summary = command[args.command](args)
+        except (UserError, SchedulerError, InputError) as exc:
+            say(f"{name}: {exc}", sys.stderr)
+            return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_USAGE
+        except KeyboardInterrupt:
+            say(interrupted_text, sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # the model could not be built, a worker setup failed, ...
+            from napari_mobilesam.batch.tasks import failure_reason
 
-        print(f"napari-mobilesam {args.command}: {failure_reason(exc)}", file=sys.stderr)
-        return EXIT_FAILED
+            say(f"{name}: {failure_reason(exc)}", sys.stderr)
+            return EXIT_INTERRUPTED if interrupted.is_set() else EXIT_FAILED
     summary.print()
+    if interrupted.is_set() and not summary.finished:
+        # Ctrl+C was swallowed on the way (a library caught it) while tasks were left undone.
+        say(interrupted_text, sys.stderr)
+        return EXIT_INTERRUPTED
     return summary.exit_code()

@@ -1,25 +1,35 @@
 """The subcommands that plan and run batch work: ``embed``, ``segment``, ``everything``.
 
 Each turns its arguments into :class:`~napari_mobilesam.batch.tasks.Task`\\ s, skips what a
-previous run finished, runs the rest on the chosen scheduler and closes label volumes whose
-planes all finished. User errors raise :class:`UserError` (a message, exit code 2).
+previous run finished from the same recipe (input, prompts, parameters, weights: recorded in a
+manifest beside each output), runs the rest on the chosen scheduler and closes label volumes
+whose planes all finished. An output this program did not write is never replaced, and one it
+wrote from another recipe only with ``--overwrite``. User errors raise :class:`UserError` (a
+message, exit code 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from napari_mobilesam.batch.files import (
+    DONE_SAME,
+    FOREIGN,
+    OURS_OTHER,
     ImageSource,
     InputError,
     LabelVolume,
     OutputError,
     check_writable,
+    input_identity,
     napari_contrast_limits,
     output_path,
-    sweep_partials,
+    output_state,
+    recipe_digest,
 )
 from napari_mobilesam.batch.tasks import (
     SKIPPED,
@@ -28,7 +38,7 @@ from napari_mobilesam.batch.tasks import (
     TaskReport,
     run_tasks,
 )
-from napari_mobilesam.cli.inputs import discover, duplicate_stems, parse_planes
+from napari_mobilesam.cli.inputs import PlanesError, discover, duplicate_stems, parse_planes
 from napari_mobilesam.cli.prompts import (
     PromptError,
     Prompts,
@@ -38,6 +48,7 @@ from napari_mobilesam.cli.prompts import (
     read_points,
 )
 from napari_mobilesam.cli.summary import Progress, Summary
+from napari_mobilesam.engine.atomic_files import sweep_temporaries
 
 
 class UserError(Exception):
@@ -50,7 +61,7 @@ class Plan:
 
     tasks: list[Task] = field(default_factory=list)
     finals: list[Task] = field(default_factory=list)  # write each label volume at the end
-    folders: list[Path] = field(default_factory=list)  # where partial files may be left
+    folders: list[Path] = field(default_factory=list)  # where temporaries may be left
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
@@ -62,6 +73,12 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     except (FileNotFoundError, WeightsDownloadError) as exc:
         raise UserError(str(exc)) from exc
     return ModelSpec(str(Path(weights).resolve()), args.device, 1)
+
+
+def _weights_id(spec: ModelSpec) -> str:
+    from napari_mobilesam.engine.weights import file_sha256
+
+    return file_sha256(spec.weights)
 
 
 def _limits(args: argparse.Namespace, source: ImageSource) -> tuple[float, float] | None:
@@ -77,16 +94,27 @@ def _limits(args: argparse.Namespace, source: ImageSource) -> tuple[float, float
 def _planes(args: argparse.Namespace, source: ImageSource) -> list[tuple[int, ...]]:
     if not source.is_stack:
         return [()]
-    wanted = set(parse_planes(getattr(args, "planes", None), source.leading_shape[0]))
+    try:
+        wanted = set(parse_planes(getattr(args, "planes", None), source.leading_shape[0]))
+    except PlanesError as exc:
+        raise UserError(f"{exc} ({source.name})") from exc
     return [p for p in source.planes() if p[0] in wanted]
 
 
-def _execute(args: argparse.Namespace, plan: Plan, summary: Summary, unit: str) -> Summary:
-    """Run the plan with a progress bar, then write finished volumes; clean partial files."""
+def _sweep(plan: Plan, older_than: float | None) -> None:
+    for folder in plan.folders:
+        sweep_temporaries(folder, older_than=older_than)
+
+
+def _execute(
+    args: argparse.Namespace, spec: ModelSpec, plan: Plan, summary: Summary, unit: str
+) -> Summary:
+    """Run the plan with a progress bar, then write finished volumes; clean temporaries."""
+    _sweep(plan, None)  # those of runs killed before this one
     if not plan.tasks and not plan.finals:
-        return summary  # all done before: no weights to resolve, no scheduler to start
-    spec = model_spec(args)
-    progress = Progress(summary, len(plan.tasks) + len(plan.finals), unit, quiet=args.quiet)
+        return summary  # all done before: no scheduler to start
+    summary.expected = len(plan.tasks) + len(plan.finals)
+    progress = Progress(summary, summary.expected, unit, quiet=args.quiet)
     try:
         run_tasks(
             plan.tasks,
@@ -99,8 +127,7 @@ def _execute(args: argparse.Namespace, plan: Plan, summary: Summary, unit: str) 
         )
     finally:
         progress.close()
-        for folder in plan.folders:
-            sweep_partials(folder)
+        _sweep(plan, time.time())  # also those of workers that died during this run
     return summary
 
 
@@ -117,19 +144,24 @@ def _discovered(args: argparse.Namespace, summary: Summary) -> list[ImageSource]
 
 def run_embed(args: argparse.Namespace) -> Summary:
     """Fill the disk cache the plugin reads with the embeddings of images and stack planes."""
-    from napari_mobilesam.engine.disk_cache import default_cache_folder
+    from napari_mobilesam.engine.disk_cache import DiskEmbeddingCache, default_cache_folder
 
     summary = Summary("embed")
-    cache = Path(args.cache) if args.cache else default_cache_folder()
+    cache = Path(args.cache).expanduser() if args.cache else default_cache_folder()
     try:
         check_writable(cache)
     except OutputError as exc:
         raise UserError(str(exc)) from exc
+    DiskEmbeddingCache(cache, "").sweep()
+    sources = _discovered(args, summary)
+    planned = [(s, _planes(args, s)) for s in sources]  # --planes errors stop before any work
+    if not planned:
+        return summary
+    spec = model_spec(args)
     plan = Plan()
-    for source in _discovered(args, summary):
+    for source, planes in planned:
         try:
             options = {"cache": str(cache), "contrast_limits": _limits(args, source)}
-            planes = _planes(args, source)
         except InputError as exc:
             summary.refuse(source.name, str(exc))
             continue
@@ -138,7 +170,7 @@ def run_embed(args: argparse.Namespace) -> Summary:
                 Task("embed", source, plane, options=options, overwrite=args.overwrite)
             )
     summary.notes.append(f"cache: {cache}")
-    return _execute(args, plan, summary, "plane")
+    return _execute(args, spec, plan, summary, "plane")
 
 
 def _prepare_out(args: argparse.Namespace) -> Path:
@@ -146,6 +178,25 @@ def _prepare_out(args: argparse.Namespace) -> Path:
         return check_writable(args.out)
     except OutputError as exc:
         raise UserError(str(exc)) from exc
+
+
+def _refusal(path: Path, state: str) -> str:
+    if state == FOREIGN:
+        kind = "a folder" if path.is_dir() else "a file"
+        return (
+            f"{path} is {kind} napari-mobilesam did not write; it is left alone (move it away "
+            "or choose another --out; --overwrite replaces only this program's outputs)"
+        )
+    return (
+        f"{path} holds labels made from another input, prompts, parameters or weights; "
+        "pass --overwrite to replace them"
+    )
+
+
+def _recipe(args: argparse.Namespace, kind: str, source: ImageSource, fmt: str, **parts) -> dict:
+    """What an output is made from (recorded in its manifest; JSON)."""
+    recipe = {"command": kind, "input": input_identity(source), "format": fmt, **parts}
+    return json.loads(json.dumps(recipe, default=list))  # tuples as lists: stable digests
 
 
 def _label_tasks(
@@ -156,27 +207,34 @@ def _label_tasks(
     source: ImageSource,
     planes: list[tuple[int, ...]],
     options: dict,
+    recipe_parts: dict,
     per_plane: dict[tuple[int, ...], dict] | None = None,
 ) -> None:
     """Tasks writing a label image (2D) or the planes of a label volume (stack)."""
     out = Path(args.out)
     fmt = args.format or ("zarr" if source.is_stack else "tif")
+    path = output_path(out, source.stem, fmt)
+    recipe = _recipe(args, kind, source, fmt, **recipe_parts)
+    state = output_state(path, recipe_digest(recipe))
+    if state == FOREIGN or (state == OURS_OTHER and not args.overwrite):
+        summary.refuse(source.name, _refusal(path, state))
+        return
     if not source.is_stack:
         task = Task(
             kind,
             source,
             (),
-            output=str(output_path(out, source.stem, fmt)),
-            options=options,
+            output=str(path),
+            options={**options, "recipe": recipe},
             overwrite=args.overwrite,
         )
-        if not args.overwrite and Path(task.output).exists():
+        if state == DONE_SAME and not args.overwrite:
             _skip(summary, task)
         else:
             plan.tasks.append(task)
         return
     shape = (*source.leading_shape, *source.plane_shape)
-    volume = LabelVolume(str(output_path(out, source.stem, fmt)), shape)
+    volume = LabelVolume(str(path), shape, recipe=json.dumps(recipe, sort_keys=True))
     tasks = [
         Task(
             kind,
@@ -188,7 +246,7 @@ def _label_tasks(
         )
         for p in planes
     ]
-    if volume.complete and not args.overwrite:
+    if state == DONE_SAME and not args.overwrite:
         for task in tasks:
             _skip(summary, task)
         return
@@ -198,10 +256,24 @@ def _label_tasks(
             _skip(summary, task)
         else:
             plan.tasks.append(task)
+    plan.folders.append(volume.done_folder)
+    # The volume is written once every plane it needs is done: all planes for segment
+    # everything, the prompted planes for segment. A run of some planes (--planes) marks only
+    # those.
+    needed = sorted(per_plane) if per_plane is not None else list(source.planes())
+    ready = {t.plane for t in tasks} | {p for p in needed if volume.plane_done(p)}
+    missing = [p for p in needed if p not in ready]
+    if missing:
+        summary.notes.append(
+            f"{source.name}: {len(needed) - len(missing)} of {len(needed)} planes done; "
+            f"{path.name} is written when all are (run again without --planes)"
+        )
+        return
     # Objects found plane by plane get 3D ids at the end (prompted objects keep their own).
     link = kind == "everything" and len(source.leading_shape) == 1
-    plan.finals.append(Task("finish", source, volume=volume, options={"link": link}))
-    plan.folders.append(volume.done_folder)
+    plan.finals.append(
+        Task("finish", source, volume=volume, options={"link": link, "planes": needed})
+    )
 
 
 def _check_stems(sources: list[ImageSource], summary: Summary) -> list[ImageSource]:
@@ -243,37 +315,62 @@ def run_segment(args: argparse.Namespace) -> Summary:
     if not per_plane:
         raise UserError("no object to segment: give a positive point or a box (--points/--boxes)")
     try:
-        options = {"contrast_limits": _limits(args, source), "multimask": not args.single_mask}
+        options = {
+            "contrast_limits": _limits(args, source),
+            "multimask": not args.single_mask,
+            "each_point": bool(getattr(args, "each_point", False)),
+        }
     except InputError as exc:
         raise UserError(str(exc)) from exc
+    spec = model_spec(args)
     plan = Plan(folders=[out])
     planes = sorted(per_plane) if source.is_stack else [()]
     if not source.is_stack:
         options.update(per_plane[()])
-    _label_tasks(args, plan, summary, "segment", source, planes, options, per_plane)
-    sweep_partials(out)
-    return _execute(args, plan, summary, "image")
+    parts = {
+        "weights": _weights_id(spec),
+        "contrast_limits": options["contrast_limits"],
+        "multimask": options["multimask"],
+        "each_point": options["each_point"],
+        "objects": {",".join(map(str, p)): v["objects"] for p, v in sorted(per_plane.items())},
+    }
+    _label_tasks(
+        args, plan, summary, "segment", source, planes, options, parts,
+        per_plane if source.is_stack else None,
+    )  # fmt: skip
+    return _execute(args, spec, plan, summary, "image")
 
 
 def run_everything(args: argparse.Namespace) -> Summary:
     """Automatic segmentation of images and stacks into label images and label volumes."""
     summary = Summary("everything")
     out = _prepare_out(args)
-    sweep_partials(out)
-    generator: dict = {"points_per_side": args.points_per_side}
+    # --seeds (cli/refine.py's with_seed_options) replaces the grid by seeds.
+    generator: dict = getattr(args, "seed_options", None) or {
+        "points_per_side": args.points_per_side
+    }
     if args.tile_shape is not None:
         generator["tile_shape"] = args.tile_shape
     if args.halo is not None:
         if args.tile_shape is None:
             raise UserError("--halo is the overlap of tiles: give --tile-shape too")
         generator["halo"] = args.halo
+    sources = _check_stems(_discovered(args, summary), summary)
+    planned = [(s, _planes(args, s)) for s in sources]  # --planes errors stop before any work
+    spec = model_spec(args) if planned else None
     plan = Plan(folders=[out])
-    for source in _check_stems(_discovered(args, summary), summary):
+    for source, planes in planned:
         try:
             options = {"contrast_limits": _limits(args, source), "generator": generator}
-            planes = _planes(args, source)
         except InputError as exc:
             summary.refuse(source.name, str(exc))
             continue
-        _label_tasks(args, plan, summary, "everything", source, planes, options)
-    return _execute(args, plan, summary, "plane")
+        parts = {
+            "weights": _weights_id(spec),
+            "contrast_limits": options["contrast_limits"],
+            "generator": generator,
+        }
+        _label_tasks(args, plan, summary, "everything", source, planes, options, parts)
+    if spec is None:
+        return summary
+    return _execute(args, spec, plan, summary, "plane")

@@ -18,7 +18,13 @@ from napari_mobilesam.batch.files import (
     open_source,
 )
 
-__all__ = ["discover", "duplicate_stems", "napari_contrast_limits", "parse_planes"]
+__all__ = [
+    "PlanesError",
+    "discover",
+    "duplicate_stems",
+    "napari_contrast_limits",
+    "parse_planes",
+]
 
 
 @dataclass
@@ -82,19 +88,39 @@ def duplicate_stems(sources: list[ImageSource]) -> dict[str, list[str]]:
     return {stem: names for stem, names in by_stem.items() if len(names) > 1}
 
 
+class PlanesError(ValueError):
+    """A ``--planes`` value that is malformed or reaches outside the stack."""
+
+
 def parse_planes(text: str | None, n_planes: int) -> range:
-    """``--planes a:b`` (Python slice of the first axis, either end optional) as a range."""
+    """``--planes a:b`` (planes a to b - 1; either end optional, negative counts from the end)
+    or ``--planes a`` (one plane), as a range of plane indices.
+
+    Raises:
+      PlanesError: a malformed value, or one that names planes outside ``0 .. n_planes - 1``
+        (a range that would silently select fewer or no planes is not a run the user meant).
+    """
     if text is None:
         return range(n_planes)
     parts = text.split(":")
     try:
-        if len(parts) == 1:
-            start = int(parts[0])
-            return range(n_planes)[start : start + 1] if start >= 0 else range(0)
-        if len(parts) != 2:
+        if len(parts) > 2 or not all(p.strip().lstrip("-").isdigit() for p in parts if p):
             raise ValueError
-        start = int(parts[0]) if parts[0] else None
-        stop = int(parts[1]) if parts[1] else None
-    except ValueError as exc:
-        raise InputError(f"--planes {text!r}: use a:b, a: or :b (planes a to b - 1)") from exc
-    return range(n_planes)[start:stop]
+        bounds = [int(p) if p.strip() else None for p in parts]
+    except ValueError:
+        raise PlanesError(
+            f"--planes {text!r}: use A:B, A: or :B (planes A to B - 1) or A (one plane)"
+        ) from None
+    if len(bounds) == 1:
+        if bounds[0] is None:
+            raise PlanesError(f"--planes {text!r}: use A:B, A: or :B, or A (one plane)")
+        bounds = [bounds[0], bounds[0] + 1 if bounds[0] != -1 else None]
+    start, stop = bounds
+    inside = all(b is None or -n_planes <= b <= n_planes for b in (start, stop))
+    chosen = range(n_planes)[start:stop]
+    if not inside or not chosen or (start is not None and not -n_planes <= start < n_planes):
+        raise PlanesError(
+            f"--planes {text!r} selects no plane, or planes outside the stack of {n_planes} "
+            f"planes (give planes from 0 to {n_planes - 1}, e.g. 0:{n_planes})"
+        )
+    return chosen

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,11 @@ class Prompts:
         return sorted(set(self.points) | set(self.boxes) | set(self.objects))
 
 
+POINTS_COLUMNS = ("index", "axis-0, axis-1, ...", POSITIVE_COLUMN)
+SHAPES_COLUMNS = ("index", "shape-type", "vertex-index", "axis-0, axis-1, ...")
+JSON_OBJECT_KEYS = {"points", "labels", "box"}
+
+
 def _numbers(text: str, count: int, what: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
@@ -56,6 +62,8 @@ def _numbers(text: str, count: int, what: str) -> list[float]:
         raise PromptError(f"{what} {text!r}: expected {count} numbers separated by commas") from exc
     if len(values) != count:
         raise PromptError(f"{what} {text!r}: expected {count} numbers, got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise PromptError(f"{what} {text!r}: expected {count} finite numbers (no nan or inf)")
     return values
 
 
@@ -104,16 +112,34 @@ def _read_file(path: Path, prompts: Prompts, ndim: int) -> None:
         raise PromptError(f"cannot read the prompt file {path}: {exc}") from exc
     if not rows:
         raise PromptError(f"the prompt file {path} has no rows")
-    axes = sorted((c for c in columns if c.startswith("axis-")), key=lambda c: int(c[5:]))
+    axes = sorted(
+        (c for c in columns if c.startswith("axis-") and c[5:].isdigit()), key=lambda c: int(c[5:])
+    )
     if "shape-type" in columns and "vertex-index" in columns:
+        _refuse_unknown_columns(path, columns, {"index", "shape-type", "vertex-index"}, axes)
         _read_shapes_rows(path, rows, axes, prompts, ndim)
     elif axes and "shape-type" not in columns:
+        _refuse_unknown_columns(path, columns, {"index", POSITIVE_COLUMN}, axes)
         _read_points_rows(path, rows, axes, prompts, ndim)
     else:
         raise PromptError(
             f"{path}: unknown column layout {columns}. Expected napari's Points CSV "
             "(index, axis-0, axis-1[, positive]) or Shapes CSV (index, shape-type, "
             "vertex-index, axis-0, axis-1), as napari's File > Save Selected Layers writes them"
+        )
+
+
+def _refuse_unknown_columns(path: Path, columns: list, known: set[str], axes: list[str]) -> None:
+    """A column this reader does not use may carry meaning it would drop (someone's own
+    'label' column for background points): refuse it, naming the columns that are read."""
+    unknown = [str(c) for c in columns if c not in known and c not in axes]
+    if unknown:
+        kind = "Shapes" if "shape-type" in known else "Points"
+        read = SHAPES_COLUMNS if kind == "Shapes" else POINTS_COLUMNS
+        raise PromptError(
+            f"{path}: unknown column(s) {', '.join(unknown)}; a napari {kind} CSV is read from "
+            f"the columns {', '.join(read)} only (background points: the {POSITIVE_COLUMN} "
+            "column, True/False). Remove the other columns or convert the file"
         )
 
 
@@ -128,6 +154,8 @@ def _split_coords(path: Path, row: dict, axes: list[str], ndim: int) -> tuple[tu
         values = [float(row[a]) for a in axes]
     except (TypeError, ValueError) as exc:
         raise PromptError(f"{path}: row {row} has a coordinate that is not a number") from exc
+    if not all(math.isfinite(v) for v in values):
+        raise PromptError(f"{path}: row {row} has a coordinate that is not finite (nan or inf)")
     plane = tuple(int(round(v)) for v in values[:-2])
     return plane, values[-1], values[-2]
 
@@ -178,15 +206,21 @@ def _read_json(path: Path, prompts: Prompts, ndim: int) -> None:
             "'labels': [1, 0, ...], 'boxes': [[x0, y0, x1, y1], ...]}, or {'objects': "
             "[{'points': ..., 'labels': ..., 'box': ...}, ...]}, with an optional 'plane'"
         )
-    plane = tuple(int(i) for i in np.atleast_1d(data.get("plane", [])))
-    if len(plane) != ndim - 2:
-        raise PromptError(f"{path}: give 'plane' with {ndim - 2} index(es) for this image")
+    plane = _json_plane(path, data.get("plane", []), ndim)
     try:
         points = np.asarray(data.get("points", []), dtype=float).reshape(-1, 2)
         labels = np.asarray(data.get("labels", [1] * len(points)), dtype=int).reshape(-1)
         boxes = np.asarray(data.get("boxes", []), dtype=float).reshape(-1, 4)
         objects = []
-        for obj in data.get("objects", []):
+        items = data.get("objects", [])
+        if not isinstance(items, list):
+            raise ValueError("'objects' must be a list of objects")
+        for obj in items:
+            if not isinstance(obj, dict) or not obj.keys() <= JSON_OBJECT_KEYS:
+                raise ValueError(
+                    f"each entry of 'objects' must be an object with the keys "
+                    f"{sorted(JSON_OBJECT_KEYS)}, got {json.dumps(obj)[:80]}"
+                )
             pts = np.asarray(obj.get("points", []), dtype=float).reshape(-1, 2)
             labs = np.asarray(obj.get("labels", [1] * len(pts)), dtype=int).reshape(-1)
             box = obj.get("box")
@@ -198,6 +232,10 @@ def _read_json(path: Path, prompts: Prompts, ndim: int) -> None:
         raise PromptError(f"{path}: {exc}") from exc
     if len(labels) != len(points) or not np.isin(labels, (0, 1)).all():
         raise PromptError(f"{path}: 'labels' needs one 1 or 0 per point")
+    coords = [points, boxes] + [np.asarray(o["points"], float) for o in objects]
+    coords += [o["box"] for o in objects if o["box"] is not None]
+    if not all(np.isfinite(c).all() for c in coords):
+        raise PromptError(f"{path}: a coordinate is not finite (nan or inf)")
     for (x, y), label in zip(points.tolist(), labels.tolist(), strict=True):
         prompts.points[plane].append(((x, y), label))
     for box in boxes.tolist():
@@ -206,6 +244,21 @@ def _read_json(path: Path, prompts: Prompts, ndim: int) -> None:
         if obj["box"] is not None:
             obj["box"] = obj["box"].tolist()
         prompts.objects[plane].append(obj)
+
+
+def _json_plane(path: Path, value: object, ndim: int) -> tuple[int, ...]:
+    """The 'plane' of a JSON prompt file: whole numbers, one per leading axis of the image."""
+    values = value if isinstance(value, list) else [value]
+    ok = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v == int(v)
+        for v in values
+    )
+    if not ok or len(values) != ndim - 2:
+        raise PromptError(
+            f"{path}: 'plane' must be {ndim - 2} whole number(s) for this image "
+            f"(the index of the plane in the stack), got {json.dumps(value)[:40]}"
+        )
+    return tuple(int(v) for v in values)
 
 
 def check_inside(prompts: Prompts, shape: tuple[int, ...], plane_shape: tuple[int, int]) -> None:

@@ -17,9 +17,17 @@ class Summary:
     command: str
     reports: list[TaskReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    expected: int = 0  # tasks handed to the scheduler
+    received: int = 0  # their reports so far
 
     def add(self, report: TaskReport) -> None:
         self.reports.append(report)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every task handed to the scheduler reported back (an interrupted run
+        leaves some unreported)."""
+        return self.received >= self.expected
 
     def refuse(self, name: str, reason: str) -> None:
         """An input that never became a task (unreadable header, colliding output name)."""
@@ -36,15 +44,29 @@ class Summary:
         stream = stream or sys.stdout
         # "finish" steps (writing a volume) are not inputs: only their failures are shown.
         counts = Counter(r.status for r in self.reports if r.kind != "finish" or r.status == FAILED)
-        print(
+        say(
             f"{self.command}: {counts[DONE]} done, {counts[SKIPPED]} skipped (already there), "
             f"{counts[FAILED]} failed",
-            file=stream,
+            stream,
         )
         for note in self.notes:
-            print(f"  {note}", file=stream)
+            say(f"  {note}", stream)
         for report in self.failed:
-            print(f"  failed: {report.name}: {report.reason}", file=stream)
+            say(f"  failed: {report.name}: {report.reason}", stream)
+
+
+def printable(text: str, encoding: str | None) -> str:
+    """``text`` as the stream can show it: file names that are not valid in the file system's
+    encoding (kept by Python as surrogate escapes) or characters the terminal lacks become
+    ``\\x..`` escapes instead of a UnicodeEncodeError."""
+    encoding = encoding or "utf-8"
+    return text.encode(encoding, errors="backslashreplace").decode(encoding, errors="replace")
+
+
+def say(text: str, stream: TextIO | None = None) -> None:
+    """Print one line, whatever bytes the names in it hold (see :func:`printable`)."""
+    stream = stream or sys.stdout
+    print(printable(text, getattr(stream, "encoding", None)), file=stream)
 
 
 class Progress:
@@ -58,6 +80,7 @@ class Progress:
 
     def __call__(self, report: TaskReport) -> None:
         self.summary.add(report)
+        self.summary.received += 1
         self.bar.update(1)
 
     def close(self) -> None:
