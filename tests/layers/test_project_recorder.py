@@ -194,3 +194,22 @@ def test_suggested_folder_sits_beside_the_image_file(tmp_path: Path) -> None:
         image = Image(np.zeros((5, 5)))
     assert suggested_folder(image) == tmp_path / "cells.mobilesam"
     assert suggested_folder(Image(np.zeros((5, 5)))) is None
+
+
+@pytest.mark.parametrize("keep_ids", [True, False])
+def test_refine_is_saved_as_refine_with_its_ids(scene, tmp_path: Path, keep_ids: bool) -> None:
+    from napari_mobilesam.layers.refine_layers import RefinedPlanes, write_refined
+
+    *_, labels = scene
+    recorder = ProjectRecorder.start(labels, tmp_path / "p")
+    plane = np.zeros((20, 30), np.int32)
+    plane[3:6, 3:6] = 7
+    ref = PlaneRef("x", (2, None, None), (1, 2), (20, 30))
+    report = write_refined(labels, RefinedPlanes({ref: plane}), keep_ids=keep_ids)
+    (record,) = _records(tmp_path / "p")
+    assert record["kind"] == "write" and record["mode"] == "refine"
+    assert [(o["id"], o["mode"], o["planes"]) for o in record["objects"]] == [
+        (report.ids[0], "refine", [[2, None, None]])
+    ]
+    assert report.ids == ([7] if keep_ids else [1])
+    recorder.close()

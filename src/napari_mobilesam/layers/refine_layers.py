@@ -41,8 +41,10 @@ from napari_mobilesam.layers.label_image_writer import (
 )
 from napari_mobilesam.layers.labels_writer import (
     LabelsError,
+    Written,
     _same_placement,
     check_target,
+    observed_write,
     writable_data,
 )
 from napari_mobilesam.layers.layer_prompts import PlanePrompts
@@ -198,7 +200,7 @@ def write_refined(
     if image is not None:
         check_target(target, image)
     if not keep_ids:
-        return write_label_image(target, refined.planes, protect=True)
+        return write_label_image(target, refined.planes, protect=True, mode="refine")
     data = writable_data(target)
     report = LabelImageReport()
     writes = []
@@ -218,13 +220,19 @@ def write_refined(
         free = data[indices] == 0
         report.protected += int(np.count_nonzero(~free))
         writes.append((tuple(axis[free] for axis in indices), ids[free]))
-    kept = set()
-    with target.block_history():
-        for indices, ids in writes:
-            if ids.size:
-                target.data_setitem(indices, ids.astype(data.dtype), refresh=False)
-                report.written += int(ids.size)
-                kept.update(np.unique(ids).tolist())
-    target.refresh()
-    report.found, report.skipped, report.ids = len(found), len(found - kept), sorted(kept)
+    kept: set[int] = set()
+    # Observers of the layer (a project folder) hear of the write before this returns.
+    with observed_write(target) as outcome:
+        with target.block_history():
+            for indices, ids in writes:
+                if ids.size:
+                    target.data_setitem(indices, ids.astype(data.dtype), refresh=False)
+                    report.written += int(ids.size)
+                    kept.update(np.unique(ids).tolist())
+        target.refresh()
+        report.found, report.skipped, report.ids = len(found), len(found - kept), sorted(kept)
+        if kept:
+            same = {int(i): int(i) for i in kept}
+            written = Written("label_image", [refined.planes], report.ids, True, same, "refine")
+            outcome.append(written)
     return report
