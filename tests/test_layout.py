@@ -110,8 +110,9 @@ def test_imports_go_downward_only(module: str) -> None:
     assert problems == [], f"{module}: " + "; ".join(problems)
 
 
-@pytest.mark.parametrize("module", [m for m in MODULES if _is_cli(m)] + [f"{PACKAGE}.__main__"])
-def test_cli_sits_on_the_engine(module: str) -> None:
+def _above_the_engine_problems(module: str, what: str, also_forbidden=lambda t: False) -> list:
+    """What ``module`` (of cli/ or batch/) imports that it may not: napari, Qt, the package
+    __init__, layers above the engine, and what ``also_forbidden`` names."""
     problems = []
     for target in _imports(module, MODULES[module]):
         root = target.split(".")[0]
@@ -119,26 +120,23 @@ def test_cli_sits_on_the_engine(module: str) -> None:
         if target == PACKAGE:
             problems.append("imports the package __init__ (import from the defining module)")
         elif root == PACKAGE and layer is not None and layer > LAYERS.index("engine"):
-            problems.append(f"imports {target}: the command line uses the engine and model only")
+            problems.append(f"imports {target}: {what} uses the engine and model only")
+        elif also_forbidden(target):
+            problems.append(f"imports {target}: the command line sits above batch")
         elif root in GUI_ROOTS:
-            problems.append(f"imports {target}: the command line has no napari or Qt")
+            problems.append(f"imports {target}: {what} has no napari or Qt")
+    return problems
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if _is_cli(m)] + [f"{PACKAGE}.__main__"])
+def test_cli_sits_on_the_engine(module: str) -> None:
+    problems = _above_the_engine_problems(module, "the command line")
     assert problems == [], f"{module}: " + "; ".join(problems)
 
 
 @pytest.mark.parametrize("module", [m for m in MODULES if _is_batch(m)])
 def test_batch_sits_on_the_engine(module: str) -> None:
-    problems = []
-    for target in _imports(module, MODULES[module]):
-        root = target.split(".")[0]
-        layer = _layer(target)
-        if target == PACKAGE:
-            problems.append("imports the package __init__ (import from the defining module)")
-        elif root == PACKAGE and layer is not None and layer > LAYERS.index("engine"):
-            problems.append(f"imports {target}: batch uses the engine and model only")
-        elif _is_cli(target):
-            problems.append(f"imports {target}: the command line sits above batch")
-        elif root in GUI_ROOTS:
-            problems.append(f"imports {target}: batch has no napari or Qt")
+    problems = _above_the_engine_problems(module, "batch", also_forbidden=_is_cli)
     assert problems == [], f"{module}: " + "; ".join(problems)
 
 
