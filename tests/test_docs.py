@@ -295,7 +295,9 @@ def check_cli_arguments(argv: list[str]) -> None:
         if argv[1:] != ["--help"]:
             add_export_arguments(argparse.ArgumentParser(prog="export")).parse_args(argv[1:])
     elif argv[:1] == ["weights"]:
-        assert set(argv[1:]) <= {"--no-download", "--help"} or len(argv) == 2, argv
+        from napari_mobilesam.cli.weights_command import build_parser as weights_parser
+
+        weights_parser().parse_args(argv[1:])
     else:
         build_parser().parse_args(argv)
 
