@@ -213,3 +213,19 @@ def test_refine_is_saved_as_refine_with_its_ids(scene, tmp_path: Path, keep_ids:
     ]
     assert report.ids == ([7] if keep_ids else [1])
     recorder.close()
+
+
+def test_segment_everything_records_its_settings_and_contrast_limits(scene, tmp_path: Path) -> None:
+    from napari_mobilesam.layers.everything_layers import EverythingSettings, PlaneLabels
+
+    *_, labels = scene
+    recorder = ProjectRecorder.start(labels, tmp_path / "p")
+    planes = PlaneLabels(EverythingSettings(points_per_side=8), (100.0, 900.0))
+    image = np.zeros((20, 30), np.int32)
+    image[4:8, 4:8] = 1
+    planes[PlaneRef("x", (0, None, None), (1, 2), (20, 30))] = image
+    write_label_image(labels, planes)
+    (record,) = _records(tmp_path / "p")
+    assert record["mode"] == "everything" and record["settings"]["points_per_side"] == 8
+    assert record["objects"][0]["contrast_limits"] == [100.0, 900.0]
+    recorder.close()

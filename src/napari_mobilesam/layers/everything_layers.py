@@ -99,6 +99,18 @@ class EverythingJob:
     settings: EverythingSettings
 
 
+class PlaneLabels(dict):
+    """Label images by :class:`PlaneRef` (a plain ``dict`` to the writers), with the settings
+    and contrast limits of the run that made them (what a project folder records)."""
+
+    def __init__(
+        self, settings: EverythingSettings | None = None, contrast_limits: Any = None
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.contrast_limits = None if contrast_limits is None else list(contrast_limits)
+
+
 @dataclasses.dataclass
 class EverythingResult:
     """The label image of every segmented plane, with ids shared across linked planes.
@@ -171,7 +183,7 @@ def everything_steps(
     """
     settings = job.settings
     request = job.request
-    labels: dict[PlaneRef, np.ndarray] = {}
+    labels = PlaneLabels(settings, request.contrast_limits)
     constant = 0
     previous: tuple[int, np.ndarray] | None = None
     next_id = 1

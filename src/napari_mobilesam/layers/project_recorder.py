@@ -329,6 +329,9 @@ class ProjectRecorder:
             modes = {o["mode"] for o in objects}
             mode = modes.pop() if len(modes) == 1 else "objects"
         step = {"kind": "write", "mode": mode, "protect": bool(written.protect)}
+        settings = getattr(written.sources[0], "settings", None) if written.sources else None
+        if written.kind == "label_image" and dataclasses.is_dataclass(settings):
+            step["settings"] = dataclasses.asdict(settings)  # segment everything's settings
         step.update({k: v for k, v in self._context.items() if k != "mode"})
         step["objects"] = objects
         self._save(atoms, step)
@@ -395,7 +398,8 @@ class ProjectRecorder:
                 if new is not None:
                     planes_of.setdefault(new, []).append(list(plane.slice_index))
         mode = written.mode or self._context.get("mode") or "everything"
-        limits = self._context.get("contrast_limits")
+        source = written.sources[0]
+        limits = getattr(source, "contrast_limits", None) or self._context.get("contrast_limits")
         return [
             {
                 "id": int(i),
