@@ -37,6 +37,7 @@ KEY_HELP = (
     ("K", "commit (one undo)"),
     ("Shift+R", "clear this plane"),
     ("Shift+P", "propagate (3D)"),
+    ("Shift+O", "one object per point"),
 )
 
 PROMPTS_HELP = (
@@ -77,6 +78,12 @@ class MobileSAMControls(Container):
         self._runtime_combo = ComboBox(choices=runtimes, value="torch", tooltip=runtime_help)
         self._live_check = CheckBox(text="live preview", value=True)
         self._multimask_check = CheckBox(text="multimask (3 candidates, J)", value=True)
+        self._each_point_check = CheckBox(
+            text="one object per point (Shift+O)", value=False,
+            tooltip="Each positive point outside the boxes is its own object; negative points "
+            "are background for all of them. Where objects overlap, the higher score keeps "
+            "the pixel.",
+        )  # fmt: skip
         self._protect_check = CheckBox(text="protect existing labels", value=True)
         self._segment_button = PushButton(text="Segment", tooltip="Segment this plane now.")
         self._commit_button = PushButton(
@@ -102,6 +109,7 @@ class MobileSAMControls(Container):
                 ("boxes", self._shapes_combo),
                 (None, self._make_prompts_button),
                 ("new points", self._polarity_combo),
+                (None, self._each_point_check),
                 ("labels", self._labels_combo),
                 (None, self._live_check),
                 (None, self._multimask_check),
@@ -271,6 +279,15 @@ class MobileSAMControls(Container):
     @multimask.setter
     def multimask(self, value: bool) -> None:
         self._multimask_check.value = bool(value)
+
+    @property
+    def each_point(self) -> bool:
+        """Whether every positive point outside the boxes is its own object."""
+        return bool(self._each_point_check.value)
+
+    @each_point.setter
+    def each_point(self, value: bool) -> None:
+        self._each_point_check.value = bool(value)
 
     @property
     def protect(self) -> bool:

@@ -47,6 +47,7 @@ from napari_mobilesam.widget.controls import MobileSAMControls
 from napari_mobilesam.widget.everything_runner import EverythingRunner
 from napari_mobilesam.widget.interactive import DEBOUNCE_MS, InteractiveRunner
 from napari_mobilesam.widget.layer_links import LayerLinks
+from napari_mobilesam.widget.many_objects_runner import ManyObjectsRunner
 from napari_mobilesam.widget.project_saving import ProjectSaving
 from napari_mobilesam.widget.stack_runner import KEY_PROPAGATE, StackRunner
 from napari_mobilesam.widget.status_line import StatusLine
@@ -57,6 +58,7 @@ KEY_TOGGLE_POLARITY = "n"
 KEY_NEXT_CANDIDATE = "j"
 KEY_COMMIT = "k"
 KEY_RESET = "Shift-R"
+KEY_EACH_POINT = "Shift-O"
 
 __all__ = ["DEBOUNCE_MS", "KEY_COMMIT", "KEY_PROPAGATE", "MobileSAMWidget"]
 
@@ -107,6 +109,8 @@ class MobileSAMWidget(MobileSAMControls):
         self.add_section(self.stack.panel)
         self.everything = EverythingRunner(self)
         self.add_section(self.everything.panel)
+        self.many = ManyObjectsRunner(self)
+        self.add_section(self.many.panel)
         self.saving = ProjectSaving(self.loader)
         self.add_section(self.saving.panel)
         self.finish_layout()
@@ -205,10 +209,16 @@ class MobileSAMWidget(MobileSAMControls):
         self.new_points_positive = not self.new_points_positive
         return self.new_points_positive
 
+    def toggle_each_point(self) -> bool:
+        """Switch "one object per point" on or off; returns the new state."""
+        self.each_point = not self.each_point
+        return self.each_point
+
     def cancel(self) -> None:
         """Stop the running work and forget pending runs and commits."""
         self.stack.stop()
         self.everything.stop()
+        self.many.stop()
         self.interactive.cancel()
 
     def reset(self) -> None:
@@ -278,6 +288,7 @@ class MobileSAMWidget(MobileSAMControls):
             control.changed.connect(self._on_model_choice)
         self._live_check.changed.connect(lambda live: live and interactive.invalidate())
         self._multimask_check.changed.connect(interactive.invalidate)
+        self._each_point_check.changed.connect(interactive.invalidate)
         self._segment_button.changed.connect(interactive.segment_clicked)
         self._commit_button.changed.connect(interactive.request_commit)
         self._cancel_button.changed.connect(self.cancel)
@@ -290,6 +301,7 @@ class MobileSAMWidget(MobileSAMControls):
             KEY_COMMIT: self.interactive.request_commit,
             KEY_RESET: self.reset,
             KEY_PROPAGATE: self.stack.start_propagation,
+            KEY_EACH_POINT: self.toggle_each_point,
         }
         for key, action in actions.items():
 
@@ -320,6 +332,7 @@ class MobileSAMWidget(MobileSAMControls):
         self.status.closed = True
         self.stack.stop()
         self.everything.stop()
+        self.many.close()
         self.interactive.teardown()
         self.saving.close()
         for key in self._bound_keys:

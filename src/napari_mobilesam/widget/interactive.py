@@ -24,6 +24,7 @@ from qtpy.QtWidgets import QWidget
 from napari_mobilesam.layers.labels_writer import LabelsError
 from napari_mobilesam.layers.layer_prompts import PlanePrompts
 from napari_mobilesam.layers.plane import PlaneError, PlaneRef
+from napari_mobilesam.layers.point_objects_layers import resolved_masks, resolved_objects
 from napari_mobilesam.layers.preview_layer import PreviewManager
 from napari_mobilesam.layers.segment import (
     Progress,
@@ -180,7 +181,7 @@ class InteractiveRunner(WorkerRunner):
         # The earlier objects let unchanged prompt groups be reused and extended ones refined.
         return model_steps(
             host.loader, host.weights, host.device, request, host.cache, host.multimask,
-            tuple(self._objects),
+            tuple(self._objects), host.each_point,
         )  # fmt: skip
 
     def _stop_worker(self) -> None:
@@ -296,7 +297,10 @@ class InteractiveRunner(WorkerRunner):
             return []
         image = self.host.require_image()
         labels = self.host.target_labels(image)
-        report = commit_report(labels, self._objects, self.host.protect, image)
+        objects = self._objects
+        if self.host.each_point:  # the pixels the overlap rule gives each object
+            objects = resolved_objects(objects)
+        report = commit_report(labels, objects, self.host.protect, image)
         self.finish_commit(status_text.commit_summary(report, labels.name))
         return report.ids
 
@@ -350,7 +354,11 @@ class InteractiveRunner(WorkerRunner):
         if not self._objects or image is None:
             self.preview.clear()
             return
-        self.preview.show(image, plane, [obj.mask for obj in self._objects])
+        if self.host.each_point:  # overlaps shown as they will be committed
+            masks = resolved_masks(self._objects)
+        else:
+            masks = [obj.mask for obj in self._objects]
+        self.preview.show(image, plane, masks)
 
     def forget_objects(self) -> None:
         """Drop the previewed objects (another image, or a commit used them)."""

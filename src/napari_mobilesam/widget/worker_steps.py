@@ -41,12 +41,13 @@ def model_steps(
     cache: EmbeddingCache,
     multimask_output: bool,
     previous: tuple[SegmentedObject, ...],
+    each_point: bool = False,
 ) -> Generator[Progress, None, SegmentResult]:
     """Load the model if needed (downloading the weights, with progress, if it comes to that),
     then :func:`~napari_mobilesam.layers.segment.run_request`."""
 
     def body(predictor: Any) -> Generator[Progress, None, SegmentResult]:
-        return run_request(request, predictor, cache, multimask_output, previous)
+        return run_request(request, predictor, cache, multimask_output, previous, each_point)
 
     return (yield from loaded_steps(loader, weights, device, cache, body))
 
