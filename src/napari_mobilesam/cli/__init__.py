@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     everything.add_argument("--planes", metavar="A:B", help="only planes A..B-1 of stacks")
     _common(everything)
+    from napari_mobilesam.cli.replay import EXAMPLES as REPLAY_EXAMPLES
+    from napari_mobilesam.cli.replay import add_arguments as add_replay_arguments
+
+    EXAMPLES.setdefault("replay", REPLAY_EXAMPLES)
+    replay = _add(sub, "replay", "re-run the prompts recorded in a project folder")
+    add_replay_arguments(replay)
+    _common(replay)
     return parser
 
 
@@ -201,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     from napari_mobilesam.cli.summary import say
 
     command = {"embed": run_embed, "segment": run_segment, "everything": run_everything}
+    from napari_mobilesam.cli.replay import run_replay
+
+    command["replay"] = run_replay
     name = f"napari-mobilesam {args.command}"
     interrupted_text = (
         f"{name}: interrupted before all work was done. Finished outputs are kept and no "
