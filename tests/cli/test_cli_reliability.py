@@ -52,6 +52,12 @@ def test_planes_outside_the_stack_are_refused(
     assert not out.exists() or [p for p in out.rglob("*") if p.is_file()] == []
 
 
+def test_planes_of_2d_images_are_refused(image_folder: Path, tmp_path: Path, capsys) -> None:
+    argv = ["everything", str(image_folder), "--out", str(tmp_path / "o"), "--planes", "0:1"]
+    assert run_cli(argv) == 2
+    assert "no input is a stack" in _one_line_usage_error(capsys, "everything", "--planes")
+
+
 def test_a_run_of_some_planes_marks_only_those(
     stack_tif: Path, synthetic_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:

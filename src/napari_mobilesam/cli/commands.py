@@ -101,6 +101,20 @@ def _planes(args: argparse.Namespace, source: ImageSource) -> list[tuple[int, ..
     return [p for p in source.planes() if p[0] in wanted]
 
 
+def _planned(
+    args: argparse.Namespace, sources: list[ImageSource]
+) -> list[tuple[ImageSource, list[tuple[int, ...]]]]:
+    """Each input with its planes; a bad ``--planes`` stops the run before any work, and so
+    does ``--planes`` when no input is a stack (it would select nothing it names)."""
+    planes = getattr(args, "planes", None)
+    if planes is not None and sources and not any(s.is_stack for s in sources):
+        raise UserError(
+            f"--planes {planes!r} selects planes of stacks, but no input is a stack "
+            "(leave --planes out for 2D images)"
+        )
+    return [(s, _planes(args, s)) for s in sources]
+
+
 def _sweep(plan: Plan, older_than: float | None) -> None:
     for folder in plan.folders:
         sweep_temporaries(folder, older_than=older_than)
@@ -154,7 +168,7 @@ def run_embed(args: argparse.Namespace) -> Summary:
         raise UserError(str(exc)) from exc
     DiskEmbeddingCache(cache, "").sweep()
     sources = _discovered(args, summary)
-    planned = [(s, _planes(args, s)) for s in sources]  # --planes errors stop before any work
+    planned = _planned(args, sources)
     if not planned:
         return summary
     spec = model_spec(args)
@@ -356,7 +370,7 @@ def run_everything(args: argparse.Namespace) -> Summary:
             raise UserError("--halo is the overlap of tiles: give --tile-shape too")
         generator["halo"] = args.halo
     sources = _check_stems(_discovered(args, summary), summary)
-    planned = [(s, _planes(args, s)) for s in sources]  # --planes errors stop before any work
+    planned = _planned(args, sources)
     spec = model_spec(args) if planned else None
     plan = Plan(folders=[out])
     for source, planes in planned:
