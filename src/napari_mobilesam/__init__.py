@@ -59,6 +59,7 @@ _LAZY = {
     "available_runtimes": "engine.runtimes",
     "refine_labels": "engine.refine",
     "find_seeds": "engine.seeds",
+    "replay_project": "engine.replay",
 }
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "build_mobile_sam",
     "find_seeds",
     "refine_labels",
+    "replay_project",
     "Cancelled",
     "CheckpointError",
     "commit_objects",
@@ -111,6 +113,7 @@ if TYPE_CHECKING:
     from napari_mobilesam.engine.predictor import SamPredictor
     from napari_mobilesam.engine.propagation import PropagationSettings, Seed, propagate
     from napari_mobilesam.engine.refine import refine_labels
+    from napari_mobilesam.engine.replay import replay_project
     from napari_mobilesam.engine.runtimes import available_runtimes, use_runtime
     from napari_mobilesam.engine.seeds import find_seeds
     from napari_mobilesam.engine.stack import StackEmbeddings, precompute_stack, segment_stack
