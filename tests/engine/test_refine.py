@@ -133,3 +133,20 @@ def test_cancel_returns_nothing(predictor):
     stop.set()
     with pytest.raises(RefineCancelled):
         refine_labels(blob_image(), source_labels(), predictor, cancel=stop)
+
+
+def test_a_predictor_stand_in_is_decoded_one_object_at_a_time():
+    """Objects without SamPredictor's internals go through predict, one call each."""
+    from fakes import ThresholdPredictor
+
+    image = np.zeros((40, 60), np.uint8)
+    image[5:15, 5:15] = 255
+    image[20:35, 30:50] = 255
+    rough = np.zeros((40, 60), np.int32)
+    rough[7:12, 6:13] = 3  # a rough, too small painting of each blob
+    rough[25:30, 35:45] = 8
+    stand_in = ThresholdPredictor()
+    refined = refine_labels(image, rough, stand_in)
+    assert stand_in.calls == 2
+    np.testing.assert_array_equal(refined == 3, np.pad(np.ones((10, 10), bool), ((5, 25), (5, 45))))
+    assert (refined[20:35, 30:50] == 8).all()

@@ -254,6 +254,9 @@ def decode_objects_steps(
     max_objects: int = MAX_OBJECTS,
 ) -> Generator[DecodeProgress, None, DecodedObjects]:
     """:func:`decode_objects` as a generator: yields after each batch (closing it stops)."""
+    if not hasattr(predictor, "_decoder_constants"):
+        # Not a SamPredictor (a stand-in, a wrapper): the reference path, one call per object.
+        return (yield from _one_at_a_time(predictor, prompts, multimask_output, max_objects))
     if predictor.original_size is None:
         raise RuntimeError("An image must be set with .set_image(...) before decoding objects.")
     if batch_size < 1:
@@ -283,6 +286,31 @@ def decode_objects_steps(
             done += len(part)
             yield DecodeProgress(done, n)
     return DecodedObjects(masks, scores, low_res, chosen, shape)  # type: ignore[arg-type]
+
+
+def _one_at_a_time(
+    predictor: Any, prompts: Sequence[ObjectPrompt], multimask_output: bool, max_objects: int
+) -> Generator[DecodeProgress, None, DecodedObjects]:
+    """Each object through ``predictor.predict`` alone, the best-scored candidate kept."""
+    check_object_count(len(prompts), max_objects)
+    masks, scores, low_res, chosen = [], [], [], []
+    shape = (0, 0)
+    for done, prompt in enumerate(prompts, start=1):
+        m, s, lr = predictor.predict(**prompt.predict_kwargs(), multimask_output=multimask_output)
+        best = int(np.argmax(s))
+        shape = tuple(int(v) for v in m.shape[-2:])
+        masks.append(PackedMask.from_mask(np.asarray(m[best], dtype=bool)))
+        scores.append(float(s[best]))
+        low_res.append(np.asarray(lr[best], dtype=np.float32))
+        chosen.append(best)
+        yield DecodeProgress(done, len(prompts))
+    return DecodedObjects(
+        masks,
+        np.asarray(scores, dtype=np.float32),
+        np.asarray(low_res, dtype=np.float32).reshape(-1, 256, 256),
+        np.asarray(chosen, dtype=np.int64),
+        shape,  # type: ignore[arg-type]
+    )
 
 
 def decode_objects(

@@ -45,6 +45,7 @@ from .point_objects import (
     decode_objects_steps,
 )
 from .steps import Cancelled, drive
+from .transforms import ResizeLongestSide
 
 LOGIT_EPS = 1e-3  # fractions are clipped to [eps, 1 - eps]: logits within +-6.9
 LOW_RES = 256  # SAM's mask prompt size
@@ -161,6 +162,8 @@ def _predictor(predictor_or_model: Any) -> Any:
     inner = getattr(predictor_or_model, "predictor", None)
     if inner is not None and hasattr(inner, "predict_torch"):
         return inner
+    if hasattr(predictor_or_model, "predict") and hasattr(predictor_or_model, "set_image"):
+        return predictor_or_model  # a predictor stand-in (decoded one object at a time)
     from .predictor import SamPredictor
 
     return SamPredictor(predictor_or_model)
@@ -210,9 +213,10 @@ def refine_plane_steps(
 
     Returns (refined (H, W) labels with the source ids, lost source ids, objects decoded).
     """
-    if predictor.input_size is None:
-        raise RuntimeError("An image must be set on the predictor before refining its labels.")
-    ids, prompts = plane_prompts(plane, predictor.input_size, mask_prompt)
+    input_size = getattr(predictor, "input_size", None)
+    if input_size is None:  # a stand-in without SamPredictor's sizes: the same frame rule
+        input_size = ResizeLongestSide.get_preprocess_shape(*plane.shape, LOW_RES * 4)
+    ids, prompts = plane_prompts(plane, input_size, mask_prompt)
     out = np.zeros(plane.shape, dtype=plane.dtype)
     if not prompts:
         yield progress(0, 0)
