@@ -78,7 +78,7 @@ def test_an_unwritable_folder_is_reported_once_and_the_work_stays(
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(project_store, "write_bytes_atomically", read_only)
-    widget.saving.panel.folder_edit.value = str(tmp_path / "ro")
+    widget.saving.panel.folder = tmp_path / "ro"
     points, _ = widget.create_prompt_layers()
     points.add([[10, 20]])
     assert widget.segment_and_commit() == [1]
@@ -88,3 +88,27 @@ def test_an_unwritable_folder_is_reported_once_and_the_work_stays(
     assert "still in napari" in warnings[0]
     assert set(np.unique(widget.labels_layer.data)) == {0, 1, 2}
     assert "not saving" in widget.saving.panel.state_label.value
+
+
+def test_a_project_opened_in_napari_continues_from_the_widget(docked, tmp_path: Path) -> None:
+    import npe2
+
+    viewer, image, widget = docked
+    folder = tmp_path / "cells.mobilesam"
+    widget.saving.panel.folder = folder
+    points, _ = widget.create_prompt_layers()
+    points.add([[10, 20]])
+    assert widget.segment_and_commit() == [1]
+    viewer.layers.remove(widget.labels_layer)
+    widget.saving.close()  # what closing napari does: the folder is released
+
+    npe2.PluginManager.instance().discover(include_npe1=False)
+    widget.saving.panel.folder = None
+    (reopened,) = viewer.open(str(folder), plugin="napari-mobilesam")
+    widget.set_labels_layer(reopened)
+    assert widget.saving.panel.folder == folder  # taken from the layer
+    points.add([[30, 40]])
+    assert widget.segment_and_commit() == [2]
+    assert [r["step"] for r in _records(folder)] == [1, 2]
+    with ProjectStore.open(folder, writable=False) as store:
+        assert np.array_equal(store.read_labels(), reopened.data)

@@ -282,6 +282,7 @@ class MobileSAMWidget(MobileSAMControls):
             combo.changed.connect(self.links.relink)
         self._make_prompts_button.changed.connect(self.create_prompt_layers)
         self._image_combo.changed.connect(lambda *_: self.saving.image_changed(self.image_layer))
+        self._labels_combo.changed.connect(lambda *_: self.saving.labels_changed(self.labels_layer))
         self.saving.image_changed(self.image_layer)
         self._polarity_combo.changed.connect(self._on_polarity_choice)
         for control in (self._weights_edit, self._device_combo, self._runtime_combo):

@@ -27,6 +27,7 @@ from napari_mobilesam.engine.project_store import (
     is_project,
 )
 from napari_mobilesam.layers.project_recorder import (
+    PROJECT_METADATA_KEY,
     ModelInfo,
     ProjectRecorder,
     open_project,
@@ -63,8 +64,14 @@ class ProjectPanel(FormSection):
 
     @property
     def folder(self) -> Path | None:
-        text = str(self.folder_edit.value).strip()
+        """The chosen folder, or None when the field is empty."""
+        # The text itself: FileEdit's value turns an emptied field into a folder.
+        text = str(self.folder_edit.line_edit.value).strip()
         return None if text in ("", ".") else Path(text).expanduser()
+
+    @folder.setter
+    def folder(self, value: str | Path | None) -> None:
+        self.folder_edit.line_edit.value = "" if value is None else str(value)
 
 
 class ProjectSaving:
@@ -90,6 +97,12 @@ class ProjectSaving:
         button = self.panel.suggest_button
         button.enabled = self._suggestion is not None
         button.tooltip = str(self._suggestion or "the image did not come from a file")
+
+    def labels_changed(self, labels: Labels | None) -> None:
+        """A layer opened from a project folder (File > Open) continues that project."""
+        folder = None if labels is None else labels.metadata.get(PROJECT_METADATA_KEY)
+        if folder and self.panel.folder is None:
+            self.panel.folder = folder
 
     def attach(self, labels: Labels, image: Image) -> None:
         """Before a write into ``labels``: make sure a recorder saves it (never raises)."""
@@ -155,7 +168,7 @@ class ProjectSaving:
 
     def _use_suggestion(self, *_: Any) -> None:
         if self._suggestion is not None:
-            self.panel.folder_edit.value = str(self._suggestion)
+            self.panel.folder = self._suggestion
 
     def _folder_changed(self, *_: Any) -> None:
         self._refused = None
