@@ -1412,6 +1412,118 @@ def _(ctx: SimpleNamespace) -> None:
         drive(model_steps(loader, None, "cpu", request, EmbeddingCache(), True, ()))
 
 
+# ------------------------------------------------------- segment everything and its helpers
+def amg_error_row(id: str, kwargs: dict[str, Any], match: str) -> None:
+    """A SamAutomaticMaskGenerator / segment_everything parameter refused by name, at once."""
+
+    @headless(id, f"SamAutomaticMaskGenerator(model, **{kwargs})", "error")
+    def _(ctx: SimpleNamespace) -> None:
+        from napari_mobilesam import SamAutomaticMaskGenerator, segment_everything
+
+        with pytest.raises(ValueError, match=match):
+            SamAutomaticMaskGenerator(ctx.env.model, **kwargs)
+        image = np.random.default_rng(0).integers(0, 255, (24, 32), dtype=np.uint8)
+        with pytest.raises(ValueError, match=match):
+            segment_everything(image, ctx.env.model, **kwargs)
+
+
+for _name, _value, _match in [
+    ("iou-nan", {"pred_iou_thresh": float("nan")}, r"pred_iou_thresh .*\[0, 1\]"),
+    ("stability-inf", {"stability_score_thresh": float("inf")}, "stability_score_thresh"),
+    ("nms-negative", {"box_nms_thresh": -0.1}, r"box_nms_thresh .*\[0, 1\]"),
+    ("crop-nms-nan", {"crop_nms_thresh": float("nan")}, "crop_nms_thresh"),
+    ("offset-nan", {"stability_score_offset": float("nan")}, "stability_score_offset"),
+    ("overlap-one", {"crop_overlap_ratio": 1.0}, r"crop_overlap_ratio .*\[0, 1\)"),
+    ("crop-layers-huge", {"crop_n_layers": 10**9}, r"crop_n_layers .*\[0, 4\]"),
+    ("crop-layers-40", {"crop_n_layers": 40}, "crop_n_layers"),
+    ("points-huge", {"points_per_side": 10**6}, r"points_per_side .*\[1, 256\]"),
+    ("points-nan", {"points_per_side": float("nan")}, "points_per_side"),
+    ("batch-huge", {"points_per_batch": 10**7}, "points_per_batch"),
+    ("downscale-nan", {"crop_n_points_downscale_factor": float("nan")}, "downscale_factor"),
+    ("region-area-nan", {"min_mask_region_area": float("nan")}, "min_mask_region_area"),
+]:
+    amg_error_row(f"amg-{_name}", _value, _match)
+
+
+def everything_error_row(id: str, kwargs: dict[str, Any], match: str) -> None:
+    @headless(id, f"segment_everything(image, model, **{kwargs})", "error")
+    def _(ctx: SimpleNamespace) -> None:
+        from napari_mobilesam import segment_everything
+
+        image = np.random.default_rng(0).normal(size=(2, 24, 32))
+        with pytest.raises(ValueError, match=match):
+            segment_everything(image, ctx.env.model, points_per_side=2, **kwargs)
+
+
+for _name, _value, _match in [
+    ("tile-nan", {"tile_shape": float("nan")}, "tile_shape must be one whole number"),
+    ("tile-sliver", {"tile_shape": (16, 1.5)}, "tile_shape"),
+    ("halo-inf", {"tile_shape": 16, "halo": float("inf")}, "halo must be"),
+    ("dedup-nan", {"dedup_iou": float("nan")}, "dedup_iou"),
+    ("min-size-nan", {"min_size": float("nan")}, "min_size"),
+    ("link-inf", {"link_iou": float("inf")}, "link_iou"),
+    ("planes-nan", {"planes": [0, float("nan")]}, "planes must be whole-number indices"),
+    ("planes-outside", {"planes": range(100, 200)}, r"planes must be .* in 0\.\.1"),
+    ("limits-nan", {"contrast_limits": (float("nan"), float("nan"))}, "contrast_limits"),
+    ("limits-reversed", {"contrast_limits": (200, 10)}, "reversed"),
+]:
+    everything_error_row(f"everything-{_name}", _value, _match)
+
+
+@headless("everything-too-many-tiles", "tile_shape=16 on a 100000 x 100000 image", "error")
+def _(ctx: SimpleNamespace) -> None:
+    from napari_mobilesam.engine.tiling import make_tiles
+
+    with pytest.raises(ValueError, match="tile_shape .* tiles .* use larger tiles"):
+        make_tiles((100_000, 100_000), 16, 0)
+
+
+@headless("limits-inf-to-uint8", "to_uint8_rgb(image, contrast_limits=(0, inf))", "error")
+def _(ctx: SimpleNamespace) -> None:
+    for limits in [(0, np.inf), (np.nan, 1), (-np.inf, 0), (10, 2)]:
+        with pytest.raises(ValueError, match="contrast_limits"):
+            to_uint8_rgb(np.zeros((4, 4), np.float32), contrast_limits=limits)
+    with pytest.raises(ValueError, match="contrast_limits"):
+        StackEmbeddings(ctx.env.stub(), np.zeros((2, 8, 8)), contrast_limits=(5, np.nan))
+
+
+@headless("float-plane-one-inf", "a float plane with one +inf and one NaN pixel", "ok")
+def _(ctx: SimpleNamespace) -> None:
+    image = np.random.default_rng(4).random((24, 32)).astype(np.float32)
+    image[3, 3], image[5, 5] = np.inf, np.nan
+    with no_warnings():
+        out = to_uint8_rgb(image)
+    assert out.max() == 255 and np.count_nonzero(out[..., 0]) > out[..., 0].size // 2
+
+
+@headless("masks-to-labels-bad-rle", "masks_to_labels with malformed RLE records", "error")
+def _(ctx: SimpleNamespace) -> None:
+    from napari_mobilesam import masks_to_labels
+
+    bad = [
+        ({"size": [2, 2], "counts": [1, 9]}, "add up to H \\* W"),
+        ({"size": [2, 2], "counts": [-1, 5]}, ">= 0"),
+        ({"size": [float("nan"), 2], "counts": [4]}, "'size' must be"),
+        ({"size": [2, 2], "counts": [[1, 3]]}, "'counts' must be"),
+        ({"size": [2, 2], "counts": ["a", "b"]}, "'counts' must be"),
+        ({"counts": [4]}, "'size' must be"),
+    ]
+    for rle, match in bad:
+        with pytest.raises(ValueError, match=f"records\\[1\\]: .*{match}"):
+            masks_to_labels([{"segmentation": np.ones((2, 2), bool)}, {"segmentation": rle}])
+    with pytest.raises(ValueError, match="shape"):
+        masks_to_labels([], shape=(np.nan, 3))
+
+
+@headless("masks-to-labels-none-found", "masks_to_labels([], shape=image.shape)", "ok")
+def _(ctx: SimpleNamespace) -> None:
+    from napari_mobilesam import masks_to_labels
+
+    for shape in [(24, 32), (24, 32, 3)]:
+        labels = masks_to_labels([], shape=shape)
+        assert labels.shape == (24, 32) and labels.dtype == np.int32 and not labels.any()
+
+
 # ------------------------------------------------------------------------- run the table
 @pytest.mark.parametrize("case", HEADLESS, ids=[r.id for r in HEADLESS])
 def test_headless(case: Row, env: SimpleNamespace, tmp_path: Path, monkeypatch) -> None:

@@ -441,8 +441,27 @@ def test_small_regions_are_eight_connected():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"points_per_side": 0}, "points_per_side must be a whole number >= 1"),
-        ({"points_per_side": -4}, "points_per_side must be a whole number >= 1"),
+        ({"points_per_side": 0}, r"points_per_side must be a whole number in \[1, 256\]"),
+        ({"points_per_side": -4}, r"points_per_side must be a whole number in \[1, 256\]"),
+        ({"points_per_side": 257}, r"points_per_side must be a whole number in \[1, 256\]"),
+        ({"points_per_side": 2.5}, "points_per_side"),
+        ({"crop_n_layers": 5}, r"crop_n_layers must be a whole number in \[0, 4\]"),
+        ({"crop_n_layers": -1}, "crop_n_layers"),
+        ({"crop_n_layers": 10**9}, "crop_n_layers"),
+        ({"crop_n_points_downscale_factor": 0}, "crop_n_points_downscale_factor"),
+        ({"points_per_batch": 1025}, r"points_per_batch must be a whole number in \[1, 1024\]"),
+        ({"pred_iou_thresh": float("nan")}, r"pred_iou_thresh must be a finite number in \[0, 1\]"),
+        ({"stability_score_thresh": float("nan")}, "stability_score_thresh"),
+        ({"stability_score_thresh": 1.5}, "stability_score_thresh"),
+        ({"box_nms_thresh": float("nan")}, "box_nms_thresh"),
+        ({"crop_nms_thresh": float("-inf")}, "crop_nms_thresh"),
+        ({"stability_score_offset": float("inf")}, "stability_score_offset"),
+        ({"crop_overlap_ratio": float("nan")}, "crop_overlap_ratio"),
+        ({"min_mask_region_area": -1}, "min_mask_region_area"),
+        (
+            {"points_per_side": None, "point_grids": [np.full((257 * 256, 2), 0.5)]},
+            "1 <= N <= 65536",
+        ),
         ({"points_per_side": None}, "exactly one of points_per_side"),
         ({"point_grids": [np.array([[0.5, 0.5]])]}, "exactly one of points_per_side"),
         (
@@ -464,6 +483,38 @@ def test_small_regions_are_eight_connected():
 def test_bad_parameters(golden_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamAutomaticMaskGenerator(golden_model, **kwargs)
+
+
+def test_largest_accepted_parameters_build_at_once(golden_model):
+    """The bounds are inclusive, and building at them does no work beyond the point grids."""
+    generator = SamAutomaticMaskGenerator(
+        golden_model, points_per_side=256, crop_n_layers=4, points_per_batch=1024,
+        crop_n_points_downscale_factor=2, pred_iou_thresh=1.0, stability_score_offset=100.0,
+    )  # fmt: skip
+    assert [len(g) for g in generator.point_grids] == [256**2, 128**2, 64**2, 32**2, 16**2]
+
+
+@pytest.mark.parametrize("size", [(2, 2), (3, 5), (7, 2)])
+def test_crops_stay_inside_tiny_images(size):
+    """More crops a side than pixels: no crop starts at or past the edge or is 1 pixel thin."""
+    boxes, layers = generate_crop_boxes(size, 3, 512 / 1500)
+    assert boxes[0] == [0, 0, size[1], size[0]] and layers[0] == 0
+    for x0, y0, x1, y1 in boxes:
+        assert x0 >= 0 and x1 <= size[1] and y0 >= 0 and y1 <= size[0]
+        assert x1 - x0 >= 2 and y1 - y0 >= 2
+    assert len(generate_crop_boxes((480, 640), 2, 512 / 1500)[0]) == 1 + 4 + 16
+
+
+@pytest.mark.golden
+def test_crop_layers_on_a_two_pixel_image(golden_model):
+    image = np.repeat(np.array([[0, 255], [255, 0]], np.uint8)[..., None], 3, axis=-1)
+    generator = SamAutomaticMaskGenerator(
+        golden_model, points_per_side=2, crop_n_layers=2, pred_iou_thresh=0.0,
+        stability_score_thresh=0.0, box_nms_thresh=1.0,
+    )  # fmt: skip
+    records = generator.generate(image)
+    assert records and all(r["crop_box"] == [0, 0, 2, 2] for r in records)
+    assert all(r["segmentation"].shape == (2, 2) for r in records)
 
 
 @pytest.mark.parametrize(

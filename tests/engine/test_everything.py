@@ -272,3 +272,86 @@ def test_real_model_tiles(golden_model):
     labels = segment_everything(image, golden_model, tile_shape=(40, 35), halo=0, **params)
     assert labels.shape == (40, 70)
     assert labels.max() == len(np.unique(labels)) - 1  # ids 1..N
+
+
+# ------------------------------------------------------------------------ edges and limits
+def test_tiles_never_leave_a_sliver():
+    """A remainder thinner than 16 pixels joins the core before it (no 1-pixel tile)."""
+    tiles = make_tiles((20, 33), 16, 0)
+    assert [t.core for t in tiles] == [(0, 0, 20, 16), (0, 16, 20, 33)]
+    cores = make_tiles((100, 130), 50, 0)
+    assert [t.core[3] - t.core[1] for t in cores[:3]] == [50, 50, 30]  # 30 px: kept apart
+    for shape in [(17, 17), (47, 95), (16, 1000)]:
+        covered = np.zeros(shape, int)
+        for t in make_tiles(shape, 16, 3):
+            y0, x0, y1, x1 = t.core
+            assert y1 - y0 >= 16 or y1 - y0 == shape[0]
+            assert x1 - x0 >= 16 or x1 - x0 == shape[1]
+            covered[y0:y1, x0:x1] += 1
+        assert (covered == 1).all()  # cores still tile the image exactly
+
+
+@pytest.mark.parametrize(
+    "tile_shape, halo, message",
+    [
+        (np.nan, 0, "tile_shape must be one whole number"),
+        ((16, np.inf), 0, "tile_shape"),
+        (16.5, 0, "tile_shape"),
+        ((16, 16, 16), 0, "tile_shape"),
+        (16, np.nan, "halo must be one whole number"),
+        (16, (1, -1), "halo"),
+    ],
+)
+def test_tile_arguments_are_named(tile_shape, halo, message):
+    with pytest.raises(ValueError, match=message):
+        make_tiles((64, 64), tile_shape, halo)
+    with pytest.raises(ValueError, match=message):  # refused before any plane is read
+        segment_everything(
+            np.ones((64, 64), np.uint8), LowResGenerator(), tile_shape=tile_shape, halo=halo
+        )
+
+
+def test_too_many_tiles_are_refused():
+    with pytest.raises(ValueError, match="65536"):
+        make_tiles((5000, 5000), 16, 0)
+    assert len(make_tiles((4096, 4096), 16, 0)) == 65536
+
+
+def test_a_long_strip_is_segmented_at_two_pixels_across():
+    strip = np.zeros((100_000, 2), np.uint8)
+    strip[40_000:60_000] = 255
+    generator = LowResGenerator(side=100_000)
+    labels = segment_everything(strip, generator)
+    assert generator.images == [(100_000, 2)]  # not reduced to 1 pixel across
+    assert labels.shape == strip.shape and labels[50_000, 0] == 1 and labels[0, 0] == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"dedup_iou": np.nan}, "dedup_iou"),
+        ({"min_size": np.nan}, "min_size"),
+        ({"min_size": -3}, "min_size"),
+        ({"link_iou": np.nan}, "link_iou"),
+        ({"planes": [0, 1.5]}, "planes must be whole-number indices in 0..4"),
+        ({"planes": [np.nan]}, "planes"),
+        ({"planes": range(100, 200)}, r"planes must be .* in 0\.\.4"),
+        ({"planes": []}, "got none"),
+        ({"planes": 3}, "planes"),
+        ({"contrast_limits": (np.nan, np.nan)}, "contrast_limits must be finite"),
+        ({"contrast_limits": (200, 10)}, "reversed"),
+    ],
+)
+def test_bad_stack_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        segment_everything(moving_blobs(), LowResGenerator(80), **kwargs)
+
+
+@pytest.mark.golden
+def test_real_model_small_remainder_tile(golden_model):
+    image = np.random.default_rng(5).integers(0, 255, (20, 33), dtype=np.uint8)
+    params = dict(
+        points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    )
+    labels = segment_everything(image, golden_model, tile_shape=16, halo=0, **params)
+    assert labels.shape == (20, 33)

@@ -135,3 +135,42 @@ def test_pil_images_are_taken_by_to_uint8_rgb_as_their_colours():
     img = Image.new("P", (5, 4), 1)
     img.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
     assert (to_uint8_rgb(img) == (200, 10, 10)).all()  # not palette index 1 as grey
+
+
+@pytest.mark.parametrize(
+    "limits, message",
+    [
+        ((np.nan, 1.0), "finite"),
+        ((0.0, np.inf), "finite"),
+        ((-np.inf, np.inf), "finite"),
+        ((200, 10), "reversed"),
+    ],
+)
+def test_unusable_contrast_limits_are_refused(limits, message):
+    """NaN, infinite or reversed limits would give a black image: refused, by name."""
+    with pytest.raises(ValueError, match=f"contrast_limits.*{message}"):
+        to_uint8_rgb(np.arange(16.0).reshape(4, 4), contrast_limits=limits)
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_pixels_do_not_set_the_limits(bad):
+    """Limits found from the image ignore non-finite pixels, as napari's do."""
+    image = np.linspace(0.0, 1.0, 400, dtype=np.float32).reshape(20, 20)
+    image[7, 7] = bad
+    out = to_uint8_rgb(image)[..., 0]
+    assert out[7, 7] == 0 and out.max() == 255
+    assert np.count_nonzero(out) > 350  # the plane is not black
+
+
+@pytest.mark.parametrize("short", [2, 3, 5])
+def test_long_strips_keep_two_pixels_across(short):
+    """The reduction for the encoder never makes a side thinner than 2 pixels."""
+    from napari_mobilesam.engine.image_conversion import shrink_factor, shrink_for_encoder
+
+    strip = np.zeros((100_000, short), np.uint8)
+    reduced = shrink_for_encoder(strip)
+    assert min(reduced.shape) >= 2 and reduced.shape[1] == -(
+        -short // shrink_factor(100_000, short)
+    )
+    assert shrink_for_encoder(strip.T).shape[0] >= 2
+    assert shrink_factor(8000, 6000) == 3  # large planes are still reduced

@@ -91,3 +91,36 @@ def test_relabel_sequential():
     labels = np.array([[0, 5, 5], [9, 9, 2]])
     np.testing.assert_array_equal(relabel_sequential(labels), [[0, 2, 2], [3, 3, 1]])
     np.testing.assert_array_equal(relabel_sequential(labels, min_size=2), [[0, 1, 1], [2, 2, 0]])
+
+
+def test_no_records_give_zeros_of_the_image_shape():
+    for shape in [(4, 5), (4, 5, 3), np.zeros((4, 5, 3)).shape]:
+        labels = masks_to_labels([], shape=shape)
+        assert labels.shape == (4, 5) and labels.dtype == np.int32 and not labels.any()
+    for shape in [(4,), (4, 5, 3, 2), (0, 5), (4.5, 5), (np.nan, 5), 7]:
+        with pytest.raises(ValueError, match="shape"):
+            masks_to_labels([], shape=shape)
+
+
+@pytest.mark.parametrize(
+    "rle, message",
+    [
+        ({"size": [3, 3], "counts": [2, 3]}, "add up to H \\* W = 9"),
+        ({"size": [3, 3], "counts": [10, -1]}, ">= 0"),
+        ({"size": [3, 3], "counts": [4.5, 4.5]}, "whole numbers"),
+        ({"size": [3, 3], "counts": None}, "'counts' must be"),
+        ({"size": [3, -3], "counts": [9]}, "'size' must be"),
+        ({"size": [3], "counts": [9]}, "'size' must be"),
+        ({"counts": [9]}, "'size' must be"),
+    ],
+)
+def test_malformed_rle_is_named(rle, message):
+    good = {"segmentation": mask_to_rle(np.eye(3, dtype=bool))}
+    with pytest.raises(ValueError, match=f"records\\[1\\]: .*{message}"):
+        masks_to_labels([good, {"segmentation": rle}])
+
+
+def test_min_size_must_be_a_whole_number():
+    for bad in (np.nan, -1, 2.5, "3"):
+        with pytest.raises(ValueError, match="min_size"):
+            masks_to_labels([], shape=(2, 2), min_size=bad)

@@ -40,10 +40,19 @@ from .mask_records import (
     stability_score,
     xyxy_to_xywh,
 )
+from .parameter_checks import checked_number, checked_whole
 from .predictor import SamPredictor
 from .steps import drive, map_steps
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# Upper bounds of the parameters that size the work (beyond them a run would take days or more
+# memory than a machine has). 256 points a side is 65536 prompts per crop; 4 crop layers are
+# 1 + 4 + 16 + 64 + 256 crops.
+MAX_POINTS_PER_SIDE = 256
+MAX_CROP_LAYERS = 4
+MAX_GRID_POINTS = MAX_POINTS_PER_SIDE**2
+MAX_POINTS_PER_BATCH = 1024  # about 0.8 GB of low-res logits at once
+MAX_STABILITY_OFFSET = 100.0  # in logits; SAM's masks sit within about +-30
 
 
 @dataclass
@@ -137,21 +146,22 @@ class SamAutomaticMaskGenerator:
                 "Give exactly one of points_per_side (a regular grid, e.g. 32) and point_grids "
                 "(explicit normalised points); set the other to None."
             )
-        if int(crop_n_layers) < 0 or int(crop_n_layers) != crop_n_layers:
-            raise ValueError(f"crop_n_layers must be a whole number >= 0, got {crop_n_layers}.")
-        crop_n_layers = int(crop_n_layers)
+        # Every parameter that sizes the work is bounded, so a typo cannot hang the constructor
+        # or allocate terabytes; every threshold must be a finite number (NaN would silently
+        # switch its filter off, since comparisons with NaN are false).
+        crop_n_layers = checked_whole(
+            "crop_n_layers", crop_n_layers, 0, MAX_CROP_LAYERS,
+            hint="Layer k adds 4**k crops (each encoded once); 0 or 1 is usual.",
+        )  # fmt: skip
         if points_per_side is not None:
-            if int(points_per_side) != points_per_side or points_per_side <= 0:
-                raise ValueError(
-                    f"points_per_side must be a whole number >= 1, got {points_per_side!r} "
-                    "(32 is segment-anything's default; 16 is quicker on a CPU)."
-                )
-            if int(crop_n_points_downscale_factor) < 1:
-                raise ValueError(
-                    "crop_n_points_downscale_factor must be >= 1, got "
-                    f"{crop_n_points_downscale_factor}."
-                )
-            factor = int(crop_n_points_downscale_factor)
+            points_per_side = checked_whole(
+                "points_per_side", points_per_side, 1, MAX_POINTS_PER_SIDE,
+                hint="(32 is segment-anything's default; 16 is quicker on a CPU).",
+            )  # fmt: skip
+            factor = checked_whole(
+                "crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1,
+                MAX_POINTS_PER_SIDE,
+            )  # fmt: skip
             for layer in range(crop_n_layers + 1):
                 if int(points_per_side / factor**layer) < 1:
                     raise ValueError(
@@ -159,18 +169,19 @@ class SamAutomaticMaskGenerator:
                         f"divided by crop_n_points_downscale_factor**{layer} is below 1; use "
                         "more points per side, fewer crop layers or a smaller factor."
                     )
-            grids = build_layer_point_grids(int(points_per_side), crop_n_layers, factor)
+            grids = build_layer_point_grids(points_per_side, crop_n_layers, factor)
         else:
+            factor = crop_n_points_downscale_factor
             grids = [_checked_grid(g, k) for k, g in enumerate(point_grids)]
             if len(grids) < crop_n_layers + 1:
                 raise ValueError(
                     f"point_grids has {len(grids)} grid(s) but crop_n_layers={crop_n_layers} "
                     f"needs {crop_n_layers + 1} (one for the whole image and one per layer)."
                 )
-        if int(points_per_batch) != points_per_batch or points_per_batch < 1:
-            raise ValueError(
-                f"points_per_batch must be a whole number >= 1, got {points_per_batch}."
-            )
+        points_per_batch = checked_whole(
+            "points_per_batch", points_per_batch, 1, MAX_POINTS_PER_BATCH,
+            hint="(it does not change the result; 64 is segment-anything's default).",
+        )  # fmt: skip
         if output_mode not in OUTPUT_MODES:
             raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, not {output_mode!r}.")
         if output_mode == "coco_rle":
@@ -181,10 +192,22 @@ class SamAutomaticMaskGenerator:
                     'output_mode="coco_rle" needs pycocotools (pip install pycocotools); '
                     '"uncompressed_rle" and "binary_mask" work without it.'
                 ) from exc
-        if not 0.0 <= crop_overlap_ratio < 1.0:
-            raise ValueError(f"crop_overlap_ratio must be in [0, 1), got {crop_overlap_ratio}.")
-        if min_mask_region_area < 0:
-            raise ValueError(f"min_mask_region_area must be >= 0, got {min_mask_region_area}.")
+        thresholds = {
+            name: checked_number(name, value, 0.0, 1.0)
+            for name, value in (
+                ("pred_iou_thresh", pred_iou_thresh),
+                ("stability_score_thresh", stability_score_thresh),
+                ("box_nms_thresh", box_nms_thresh),
+                ("crop_nms_thresh", crop_nms_thresh),
+            )
+        }
+        stability_score_offset = checked_number(
+            "stability_score_offset", stability_score_offset, 0.0, MAX_STABILITY_OFFSET
+        )
+        crop_overlap_ratio = checked_number(
+            "crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0, high_open=True
+        )
+        min_mask_region_area = checked_whole("min_mask_region_area", min_mask_region_area, 0, 2**62)
 
         if isinstance(model_or_predictor, SamPredictor) or hasattr(
             model_or_predictor, "predict_torch"
@@ -194,15 +217,15 @@ class SamAutomaticMaskGenerator:
             self.predictor = SamPredictor(model_or_predictor)
         self.points_per_side = points_per_side
         self.point_grids = grids
-        self.points_per_batch = int(points_per_batch)
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.box_nms_thresh = float(box_nms_thresh)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = thresholds["pred_iou_thresh"]
+        self.stability_score_thresh = thresholds["stability_score_thresh"]
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = thresholds["box_nms_thresh"]
         self.crop_n_layers = crop_n_layers
-        self.crop_nms_thresh = float(crop_nms_thresh)
-        self.crop_overlap_ratio = float(crop_overlap_ratio)
-        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.crop_nms_thresh = thresholds["crop_nms_thresh"]
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = factor
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
 
@@ -533,9 +556,10 @@ def _checked_grid(grid: Any, layer: int) -> np.ndarray:
         points = np.asarray(grid, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"point_grids[{layer}] must be numbers, got {grid!r}.") from exc
-    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+    if points.ndim != 2 or points.shape[1] != 2 or not 1 <= points.shape[0] <= MAX_GRID_POINTS:
         raise ValueError(
-            f"point_grids[{layer}] must be an (N, 2) array of (x, y) points with N >= 1, got "
+            f"point_grids[{layer}] must be an (N, 2) array of (x, y) points with 1 <= N <= "
+            f"{MAX_GRID_POINTS}, got "
             f"shape {points.shape}."
         )
     if not np.isfinite(points).all() or points.min() < 0.0 or points.max() > 1.0:

@@ -33,9 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from .image_conversion import robust_limits, shrink_for_encoder, to_uint8_rgb
+from .image_conversion import (
+    checked_contrast_limits,
+    robust_limits,
+    shrink_for_encoder,
+    to_uint8_rgb,
+)
 from .instance_labels import _as_packed, masks_to_labels
 from .mask_records import PackedMask
+from .parameter_checks import checked_number, checked_whole
 from .steps import Cancelled, TerminalProgress, drive, map_steps
 from .tiling import Tile, deduplicate, keep_for_tile, make_tiles
 
@@ -130,13 +136,17 @@ def segment_everything_steps(
         raise ValueError(
             f"Expected one image (H, W[, C]) or a stack (Z, H, W[, C]), got shape {shape}."
         )
-    if not 0.0 < link_iou <= 1.0:
-        raise ValueError(f"link_iou must be in (0, 1], got {link_iou}.")
+    # Checked before any work (the model, the first plane), each by its name.
+    link_iou = checked_number("link_iou", link_iou, 0.0, 1.0, low_open=True)
+    dedup_iou = checked_number("dedup_iou", dedup_iou, 0.0, 1.0)
+    min_size = checked_whole("min_size", min_size, 0, 2**62)
     if order not in ("area", "score", "given"):
         raise ValueError(f"order must be 'area', 'score' or 'given', not {order!r}.")
-    generator = _make_generator(predictor_or_model, generator_params)
+    if contrast_limits is not None:
+        contrast_limits = checked_contrast_limits(contrast_limits)
     plane_shape = shape[spatial - 2 : spatial]
     tiles = make_tiles(plane_shape, tile_shape, halo) if tile_shape is not None else None
+    generator = _make_generator(predictor_or_model, generator_params)
 
     if spatial == 2:
         if planes is not None or stack is not None:
@@ -152,9 +162,7 @@ def segment_everything_steps(
         return labels
 
     n_planes = shape[0]
-    chosen = sorted(set(range(n_planes) if planes is None else (int(p) for p in planes)))
-    if not chosen or chosen[0] < 0 or chosen[-1] >= n_planes:
-        raise ValueError(f"planes must be indices in 0..{n_planes - 1}, got {planes!r}.")
+    chosen = _checked_planes(planes, n_planes)
     embeddings = stack
     if (
         embeddings is None
@@ -276,6 +284,25 @@ def segment_everything(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _checked_planes(planes: Iterable[int] | None, n_planes: int) -> list[int]:
+    """The chosen plane indices, sorted and unique; a ValueError naming ``planes`` otherwise."""
+    if planes is None:
+        return list(range(n_planes))
+    message = f"planes must be whole-number indices in 0..{n_planes - 1}"
+    try:
+        values = list(planes)
+    except TypeError:
+        raise ValueError(f"{message}, got {planes!r}.") from None
+    try:
+        chosen = sorted({checked_whole("planes", p, 0, n_planes - 1) for p in values})
+    except ValueError:
+        shown = repr(values) if len(values) <= 8 else f"{values[:8]!r}..."
+        raise ValueError(f"{message}, got {shown}.") from None
+    if not chosen:
+        raise ValueError(f"{message}, got none.")
+    return chosen
 
 
 # ------------------------------------------------------------------------ one plane

@@ -9,9 +9,11 @@ The rule, in order:
    Anything else is mapped linearly so that ``contrast_limits`` (lo, hi) become 0 and 255 and
    values outside are clipped. Without ``contrast_limits`` the limits are the 0.1 and 99.9
    percentiles of the finite values (robust to hot pixels), one pair for all channels.
-3. NaN and infinite values become 0. A constant image, one without finite values, or empty
-   limits (hi <= lo) become all 0, with a :class:`NoContrastWarning`: the model then sees a black
-   image and its masks mean nothing.
+3. NaN and infinite values become 0; limits found from the image ignore them, so one +inf
+   pixel does not black out the plane. A constant image, one without finite values, or equal
+   limits (hi == lo) become all 0, with a :class:`NoContrastWarning`: the model then sees a
+   black image and its masks mean nothing. Given limits that are NaN, infinite or reversed
+   (hi < lo) are refused with a ValueError.
 
 Memory: the mapping runs over bands of rows, so no full-size float copy is made; the result is
 the full-size uint8 RGB (3 bytes per pixel). Before encoding, planes larger than the encoder
@@ -115,13 +117,26 @@ def robust_limits(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _checked_limits(contrast_limits: Any) -> tuple[float, float]:
+def checked_contrast_limits(contrast_limits: Any) -> tuple[float, float]:
+    """``contrast_limits`` as two finite floats (lo, hi) with lo <= hi, else a ValueError.
+
+    NaN, infinite or reversed limits would map every pixel to 0 (a black image the model
+    segments into nothing), so they are refused rather than run. Equal limits are accepted and
+    give the documented all-0 image with a :class:`NoContrastWarning`.
+    """
     try:
         lo, hi = (float(v) for v in contrast_limits)
     except (TypeError, ValueError) as exc:
         raise ValueError(
             f"contrast_limits must be two numbers (lo, hi), got {contrast_limits!r}."
         ) from exc
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(
+            f"contrast_limits must be finite numbers (lo, hi), got {(lo, hi)}; leave them out "
+            "to use the image's own range of finite values."
+        )
+    if hi < lo:
+        raise ValueError(f"contrast_limits {(lo, hi)} are reversed: give (lo, hi) with lo < hi.")
     return lo, hi
 
 
@@ -139,7 +154,7 @@ def to_uint8_rgb(
 
     Raises:
       ValueError: for an empty image, a non-numeric dtype, a shape that is not one 2D plane,
-        or contrast limits that are not two numbers.
+        or contrast limits that are not two finite numbers in increasing order.
     """
     # A PIL image's array can be palette indices or grey + alpha: read its pixels' meaning.
     image = image_from_pil(image) if is_pil_image(image) else np.asarray(image)
@@ -148,7 +163,7 @@ def to_uint8_rgb(
     if image.dtype.kind not in "biuf":
         raise ValueError(f"Unsupported image dtype {image.dtype}; use a numeric or bool image.")
     image = shown_channels(_as_channels_last(image, rgb))
-    limits = None if contrast_limits is None else _checked_limits(contrast_limits)
+    limits = None if contrast_limits is None else checked_contrast_limits(contrast_limits)
 
     if image.dtype == np.bool_:
         out = image.astype(np.uint8) * np.uint8(255)
@@ -215,11 +230,17 @@ def _map_linear(image: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def shrink_factor(height: int, width: int, target_length: int = 1024) -> int:
-    """The block size :func:`shrink_for_encoder` averages over (1: the plane is kept as is)."""
-    longest = max(int(height), int(width))
+    """The block size :func:`shrink_for_encoder` averages over (1: the plane is kept as is).
+
+    Never so large that the short side falls below 2 pixels (the smallest image that is
+    segmented): a 100000 x 2 strip is kept at 2 pixels across (it is small anyway, since its
+    short side is below the block size).
+    """
+    longest, shortest = max(int(height), int(width)), min(int(height), int(width))
     if longest < _SHRINK_FROM * target_length:
         return 1
-    return longest // (_SHRINK_KEEP * target_length)
+    # ceil(shortest / k) >= 2 exactly when k < shortest.
+    return max(1, min(longest // (_SHRINK_KEEP * target_length), shortest - 1))
 
 
 def _chunk_rows(image: Any) -> int:

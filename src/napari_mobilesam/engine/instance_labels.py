@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from .mask_records import PackedMask, rle_to_mask
+from .parameter_checks import checked_whole
 
 ORDERS = ("area", "score", "given")
 
@@ -36,16 +37,41 @@ def _as_packed(record: Any) -> tuple[PackedMask, float]:
         )
     seg = record["segmentation"]
     if isinstance(seg, dict):
-        if isinstance(seg.get("counts"), str):
-            from pycocotools import mask as mask_utils
-
-            seg = mask_utils.decode(seg).astype(bool)
+        if isinstance(seg.get("counts"), str | bytes):
+            seg = _decode_coco(seg)
         else:
             seg = rle_to_mask(seg)
-    seg = np.asarray(seg, dtype=bool)
+    seg = np.asarray(seg)
+    if seg.dtype.kind not in "biuf":
+        raise ValueError(f"A segmentation must be a boolean (H, W) mask, got dtype {seg.dtype}.")
+    seg = seg.astype(bool)
     if seg.ndim != 2:
         raise ValueError(f"A segmentation must be one (H, W) mask, got shape {seg.shape}.")
     return PackedMask.from_mask(seg), float(record.get("predicted_iou", 0.0))
+
+
+def _decode_coco(rle: dict[str, Any]) -> np.ndarray:
+    """A compressed COCO RLE (``counts`` a string) -> (H, W) bool, through pycocotools."""
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError as exc:
+        raise ImportError(
+            "Compressed COCO RLE needs pycocotools (pip install pycocotools)."
+        ) from exc
+    try:
+        size = [int(v) for v in rle["size"]]
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError
+        counts = rle["counts"]
+        mask = mask_utils.decode({"size": size, "counts": counts})
+    except Exception:  # pycocotools' own errors say nothing about which field is wrong
+        raise ValueError(
+            f"A compressed COCO RLE could not be decoded: 'size' must be [H, W] (got "
+            f"{rle.get('size')!r}) and 'counts' a string from pycocotools' encode."
+        ) from None
+    if mask.shape[:2] != tuple(size) or mask.sum() > size[0] * size[1]:
+        raise ValueError(f"A compressed COCO RLE does not decode to its size {size}.")
+    return mask.astype(bool)
 
 
 def masks_to_labels(
@@ -60,7 +86,9 @@ def masks_to_labels(
     Arguments:
       records: segment-anything records (any ``output_mode``) from
         :meth:`SamAutomaticMaskGenerator.generate`, or its packed candidates.
-      shape: (H, W) of the output; needed when ``records`` is empty, otherwise taken from them.
+      shape: (H, W) of the output, or the image's shape (H, W[, C]): with no records the
+        result is an all-zero label image of this shape. Without it the shape comes from the
+        records, and an empty list is refused.
       min_size: objects with fewer visible pixels than this are dropped.
       fill_holes: fill each object's enclosed holes (only where no other object is).
       order: the overlap rule (see the module docstring): "area", "score" or "given".
@@ -70,14 +98,20 @@ def masks_to_labels(
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, not {order!r}.")
-    if min_size < 0:
-        raise ValueError(f"min_size must be >= 0, got {min_size}.")
-    items = [_as_packed(r) for r in records]
+    min_size = checked_whole("min_size", min_size, 0, 2**62)
+    items = []
+    for index, record in enumerate(records):
+        try:
+            items.append(_as_packed(record))
+        except ValueError as exc:
+            raise ValueError(f"records[{index}]: {exc}") from None
     if shape is None:
         if not items:
-            raise ValueError("No masks were given: pass shape=(H, W) for the empty label image.")
+            raise ValueError(
+                "No masks were given: pass shape=image.shape[:2] (H, W) for the empty label image."
+            )
         shape = items[0][0].shape
-    shape = (int(shape[0]), int(shape[1]))
+    shape = _checked_shape(shape)
     for packed, _ in items:
         if tuple(packed.shape) != shape:
             raise ValueError(f"A mask has shape {packed.shape}, expected {shape}.")
@@ -100,6 +134,18 @@ def masks_to_labels(
             filled = ndimage.binary_fill_holes(view == index)
             view[filled & (view == 0)] = index
     return relabel_sequential(labels, min_size)
+
+
+def _checked_shape(shape: Any) -> tuple[int, int]:
+    try:
+        values = list(shape)
+    except TypeError:
+        values = []
+    if not 2 <= len(values) <= 3:
+        raise ValueError(f"shape must be (H, W) or an image's shape (H, W[, C]), got {shape!r}.")
+    height = checked_whole("shape[0]", values[0], 1, 2**31 - 1)
+    width = checked_whole("shape[1]", values[1], 1, 2**31 - 1)
+    return height, width
 
 
 def relabel_sequential(labels: np.ndarray, min_size: int = 0) -> np.ndarray:

@@ -40,6 +40,9 @@ def build_layer_point_grids(n_per_side: int, n_layers: int, downscale: int) -> l
     return [build_point_grid(int(n_per_side / (downscale**k))) for k in range(n_layers + 1)]
 
 
+MIN_CROP_SIDE = 2  # pixels: the smallest image the generator segments
+
+
 def generate_crop_boxes(
     image_size: tuple[int, int], n_layers: int, overlap_ratio: float
 ) -> tuple[list[list[int]], list[int]]:
@@ -52,7 +55,9 @@ def generate_crop_boxes(
         layer 1; it halves with each layer).
 
     Returns:
-      XYXY crop boxes (exclusive x1, y1) and the layer index of each.
+      XYXY crop boxes (exclusive x1, y1) and the layer index of each. Crops narrower than
+      :data:`MIN_CROP_SIDE` pixels (on images smaller than the layer's grid of crops) are left
+      out; on larger images the crops are segment-anything's.
     """
     height, width = image_size
     short_side = min(height, width)
@@ -70,8 +75,12 @@ def generate_crop_boxes(
         starts_y = [int((crop_h - overlap) * i) for i in range(per_side)]
         # x outer, y inner: the order segment-anything lists its crops in.
         for x0, y0 in product(starts_x, starts_y):
-            boxes.append([x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)])
-            layers.append(layer)
+            box = [x0, y0, min(x0 + crop_w, width), min(y0 + crop_h, height)]
+            # On an image with fewer pixels than crops a side, crops start at or past the edge
+            # (empty) or are a pixel thin: left out, as images thinner than 2 pixels are.
+            if box[2] - box[0] >= MIN_CROP_SIDE and box[3] - box[1] >= MIN_CROP_SIDE:
+                boxes.append(box)
+                layers.append(layer)
     return boxes, layers
 
 
@@ -235,9 +244,35 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
-    """Uncompressed COCO RLE -> (H, W) bool."""
-    height, width = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
+    """Uncompressed COCO RLE -> (H, W) bool.
+
+    Raises:
+      ValueError: ``size`` is not two whole numbers >= 1, or ``counts`` are not whole numbers
+        >= 0 that add up to H * W.
+    """
+    try:
+        height, width = (int(v) for v in rle["size"])
+        if [height, width] != list(rle["size"]) or min(height, width) < 1:
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"An RLE's 'size' must be [H, W], two whole numbers >= 1, got {rle.get('size')!r}."
+        ) from None
+    try:
+        raw = np.asarray(rle["counts"])
+        counts = raw.astype(np.int64)
+        if raw.ndim != 1 or raw.dtype.kind not in "iuf" or (counts != raw).any():
+            raise ValueError
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise ValueError(
+            "An RLE's 'counts' must be a list of whole numbers (run lengths); compressed COCO "
+            "strings need pycocotools."
+        ) from None
+    if (counts < 0).any() or int(counts.sum()) != height * width:
+        raise ValueError(
+            f"An RLE's counts must be >= 0 and add up to H * W = {height * width} pixels for "
+            f"size {[height, width]}, got a sum of {int(counts.sum())}."
+        )
     values = np.arange(counts.size) % 2 == 1
     flat = np.repeat(values, counts)
     return flat.reshape(width, height).T.copy()

@@ -33,6 +33,7 @@ import numpy as np
 from napari_mobilesam.engine.disk_cache import DiskEmbeddingCache
 from napari_mobilesam.engine.embedding_cache import EmbeddingCache
 from napari_mobilesam.engine.image_conversion import (
+    checked_contrast_limits,
     robust_limits,
     shown_channels,
     shrink_for_encoder,
@@ -187,8 +188,10 @@ class StackEmbeddings:
         self.rgb = rgb
         self.n_planes = int(volume.shape[axis])
         self.plane_shape = tuple(int(s) for s in volume.shape[n_outer : n_outer + 2])
-        self.contrast_limits = contrast_limits or stack_contrast_limits(
-            volume, axis, rgb=rgb, position=position
+        self.contrast_limits = (
+            stack_contrast_limits(volume, axis, rgb=rgb, position=position)
+            if contrast_limits is None
+            else checked_contrast_limits(contrast_limits)
         )
         self.predictor = predictor
         self.memory = memory if memory is not None else EmbeddingCache()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .mask_records import PackedMask
+from .parameter_checks import checked_whole
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,36 @@ class Tile:
         return slice(y0, y1), slice(x0, x1)
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if np.ndim(value) == 0:
-        value = (value, value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2 or any(v != w for v, w in zip(pair, value, strict=True)):
-        raise ValueError(f"{name} must be one whole number or (rows, cols), got {value!r}.")
-    return pair  # type: ignore[return-value]
+# Cores are at least this many pixels a side (the smallest tile_shape); a remainder thinner than
+# that at the bottom or right edge joins the core before it, so no tile is a sliver.
+MIN_TILE = 16
+# More tiles than this would take days (one embedding each): refused with a message.
+MAX_TILES = 65536
+
+
+def _pair(value: int | Sequence[int], name: str, low: int) -> tuple[int, int]:
+    values = (value, value) if np.ndim(value) == 0 else value
+    hint = f"{name} must be one whole number >= {low} or (rows, cols), got {value!r}."
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(hint) from None
+    if len(values) != 2:
+        raise ValueError(hint)
+    try:
+        rows = checked_whole(f"{name}[0]", values[0], low, 2**62)
+        cols = checked_whole(f"{name}[1]", values[1], low, 2**62)
+    except ValueError:
+        raise ValueError(hint) from None
+    return rows, cols
+
+
+def _starts(length: int, step: int) -> list[int]:
+    """Core starts along one axis; a last core thinner than MIN_TILE joins the one before."""
+    starts = list(range(0, length, step))
+    if len(starts) > 1 and length - starts[-1] < MIN_TILE:
+        starts.pop()
+    return starts
 
 
 def make_tiles(
@@ -54,20 +78,28 @@ def make_tiles(
     """Tiles covering an image of ``shape`` (H, W), row by row.
 
     Arguments:
-      tile_shape: (rows, cols) of a core (or one number for square tiles), >= 16 each.
+      tile_shape: (rows, cols) of a core (or one number for square tiles), >= 16 each. The last
+        core of a row or column also takes a remainder thinner than 16 pixels.
       halo: (rows, cols) added on each side of a core (or one number), >= 0.
+
+    Raises:
+      ValueError: a tile_shape or halo that is not whole numbers in range, or more than
+        :data:`MAX_TILES` tiles.
     """
-    th, tw = _pair(tile_shape, "tile_shape")
-    hy, hx = _pair(halo, "halo")
-    if th < 16 or tw < 16:
-        raise ValueError(f"tile_shape must be at least 16 x 16 pixels, got {(th, tw)}.")
-    if hy < 0 or hx < 0:
-        raise ValueError(f"halo must be >= 0, got {(hy, hx)}.")
+    th, tw = _pair(tile_shape, "tile_shape", MIN_TILE)
+    hy, hx = _pair(halo, "halo", 0)
     height, width = int(shape[0]), int(shape[1])
+    rows, cols = _starts(height, th), _starts(width, tw)
+    if len(rows) * len(cols) > MAX_TILES:
+        raise ValueError(
+            f"tile_shape {(th, tw)} cuts the {height} x {width} image into "
+            f"{len(rows) * len(cols)} tiles (at most {MAX_TILES}); use larger tiles."
+        )
     tiles = []
-    for y0 in range(0, height, th):
-        for x0 in range(0, width, tw):
-            y1, x1 = min(y0 + th, height), min(x0 + tw, width)
+    for i, y0 in enumerate(rows):
+        for j, x0 in enumerate(cols):
+            y1 = height if i == len(rows) - 1 else y0 + th
+            x1 = width if j == len(cols) - 1 else x0 + tw
             outer = (max(0, y0 - hy), max(0, x0 - hx), min(height, y1 + hy), min(width, x1 + hx))
             tiles.append(Tile(len(tiles), (y0, x0, y1, x1), outer))
     return tiles
