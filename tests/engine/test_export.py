@@ -7,6 +7,7 @@ exactly as a third-party tool would (numpy preprocessing, SAM's ONNX decoder int
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,7 +338,7 @@ def test_read_only_folder_message(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     # Root ignores file modes, so the refusal is simulated where the folder is probed.
-    monkeypatch.setattr(export.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(export.os, "open", denied)
     with pytest.raises(PermissionError, match="read-only"):
         export.prepare_folder(tmp_path / "out", overwrite=False)
 
@@ -496,10 +497,14 @@ def test_interrupted_export_leaves_nothing(tmp_path, monkeypatch, synthetic_chec
 
     calls = []
 
-    def interrupted(model, path, opset=17, masks="all"):
+    def encoder_made(model, path, opset=17, preprocess=False):  # a finished graph, quickly
         calls.append(path)
+        Path(path).write_bytes(b"graph")
+
+    def interrupted(model, path, opset=17, masks="all"):
         raise KeyboardInterrupt
 
+    monkeypatch.setattr(export, "export_encoder", encoder_made)
     monkeypatch.setattr(export, "export_decoder", interrupted)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):

@@ -391,3 +391,20 @@ def test_samexporter_own_client(encoder, files, case_data):
             if p["box"] is None:  # the original predictor's prompt: its golden masks
                 chosen = slice(1, None) if p["multimask"] else slice(0, 1)
                 assert_masks_match(masks[0, chosen] > 0, p["masks"], p["borderline"])
+
+
+def test_openvino_format_preprocess_encoder(files, graphs, tmp_path):
+    """The preprocessing encoder as OpenVINO IR (what --format openvino writes) keeps H and W
+    dynamic and gives the ONNX graph's embedding."""
+    pytest.importorskip("openvino", reason='pip install "napari-mobilesam[openvino]"')
+    import openvino as ov
+
+    from napari_mobilesam.engine.export import onnx_to_openvino
+
+    xml = onnx_to_openvino(files.preprocess_encoder, tmp_path / "encoder.preprocess.xml")
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    image = np.random.default_rng(3).uniform(0, 255, (1024, 37, 3)).astype(np.float32)
+    ours = compiled({0: image})[compiled.output(0)]
+    onnx = graphs["preprocess"].run(None, {"input_image": image})[0]
+    assert ours.shape == onnx.shape == (1, 256, 64, 64)
+    np.testing.assert_allclose(ours, onnx, rtol=0, atol=ATOL_EMBEDDING)

@@ -33,7 +33,6 @@ import copy
 import json
 import os
 import platform
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -372,11 +371,11 @@ def prepare_folder(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
             f"The export folder {out} is not empty ({shown}). Choose an empty or new folder, or "
             "pass overwrite=True (--overwrite) to replace the export files in it."
         )
+    # A probe under the atomic helper's temporary mark: a kill before its removal leaves a
+    # file the next sweep recognises.
+    probe = temporary_name(out / "probe")
     try:
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".mobile_sam.", suffix=".probe")
-        # Removed at once; if a kill lands in between, the next sweep cannot know it: it is
-        # empty, hidden and named .probe.
-        os.close(fd)
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         os.unlink(probe)
     except PermissionError as exc:
         raise PermissionError(
