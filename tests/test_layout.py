@@ -54,9 +54,13 @@ def _imports(name: str, path: Path) -> list[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            out.append(target)
-            # ``from pkg import module`` imports a module too.
-            out += [f"{target}.{alias.name}" for alias in node.names]
+            # ``from pkg import module`` imports that module; the package's own names (not
+            # modules) come from its __init__. ``from . import sibling`` inside a package thus
+            # depends on the sibling, not on the package __init__ (which imports it lazily).
+            submodules = [f"{target}.{alias.name}" for alias in node.names]
+            if node.module is not None or not all(m in MODULES for m in submodules):
+                out.append(target)
+            out += submodules
     return out
 
 
