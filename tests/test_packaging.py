@@ -29,8 +29,6 @@ WHEEL_MANIFEST = "napari_mobilesam/napari.yaml"
 
 REQUIRED_RUNTIME = (
     "torch",
-    "torchvision",
-    "timm",
     "numpy",
     "scikit-image",
     "Pillow",
@@ -39,6 +37,8 @@ REQUIRED_RUNTIME = (
     "napari",
     "npe2",
 )
+# Written here instead (LayerNorm2d, DropPath, the NMS rule): not needed to run the plugin.
+NOT_RUNTIME = ("timm", "torchvision")
 QT_BINDINGS = frozenset({"pyqt5", "pyqt6", "pyside2", "pyside6"})
 # napari extras that pull in a Qt binding.
 NAPARI_QT_EXTRAS = frozenset(
@@ -88,7 +88,9 @@ def test_npe2_reads_the_installed_manifest():
         installed_version = metadata.version(DIST_NAME)
     except metadata.PackageNotFoundError:
         pytest.fail(f'{DIST_NAME} is not installed: run  python3 -m pip install -e ".[testing]"')
-    assert installed_version == _pyproject()["project"]["version"], (
+    import napari_mobilesam
+
+    assert installed_version == napari_mobilesam.__version__, (
         "installed metadata is stale: reinstall the package"
     )
 
@@ -128,6 +130,102 @@ def test_runtime_dependencies_are_declared():
     assert not direct_urls, f"runtime dependencies must come from PyPI: {direct_urls}"
 
 
+def test_unused_libraries_are_not_runtime_dependencies():
+    project = _pyproject()["project"]
+    declared = {canonicalize_name(r.name) for r in _requirements(project["dependencies"])}
+    assert not declared & set(NOT_RUNTIME), "the model is written here: no timm, no torchvision"
+    # segment-anything (a reference in the tests) imports torchvision: the testing extra has it.
+    testing = {
+        canonicalize_name(r.name)
+        for r in _requirements(project["optional-dependencies"]["testing"])
+    }
+    assert "torchvision" in testing
+
+
+def test_no_dependency_is_listed_twice():
+    project = _pyproject()["project"]
+    runtime = [canonicalize_name(r.name) for r in _requirements(project["dependencies"])]
+    assert len(runtime) == len(set(runtime)), runtime
+    for extra, specs in project["optional-dependencies"].items():
+        # napari[pyqt6] adds a Qt binding to napari: a repeat with extras adds something.
+        names = [canonicalize_name(r.name) for r in _requirements(specs) if not r.extras]
+        again = sorted((set(names) & set(runtime)) | {n for n in names if names.count(n) > 1})
+        assert again == [], f"[{extra}] repeats {again}"
+
+
+def test_model_and_engine_import_without_timm_or_torchvision():
+    """The plugin runs on torch alone: building and running the model imports neither."""
+    code = (
+        "import sys, torch\n"
+        "from napari_mobilesam.model.build import build_mobile_sam\n"
+        "from napari_mobilesam.engine.predictor import SamPredictor\n"
+        "m = build_mobile_sam(None)\n"
+        "m.image_encoder(torch.zeros(1, 3, 1024, 1024))\n"
+        "print(sorted(n for n in ('timm', 'torchvision') if n in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_version_has_one_source():
+    import napari_mobilesam
+
+    project = _pyproject()
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    source = REPO / project["tool"]["hatch"]["version"]["path"]
+    assert source.resolve() == Path(napari_mobilesam.__file__).resolve()
+    assert napari_mobilesam.__version__.count(".") >= 2
+
+
+def test_metadata_the_napari_hub_reads():
+    project = _pyproject()["project"]
+    assert project["authors"] and all(a.get("name") for a in project["authors"])
+    urls = {key.lower() for key in project["urls"]}
+    assert {"homepage", "source", "issues", "documentation"} <= urls
+    assert "Framework :: napari" in project["classifiers"]
+    assert 20 <= len(project["description"]) <= 100
+
+
+# --- the public API --------------------------------------------------------------------------
+
+
+def test_every_public_name_resolves():
+    """A typo in the API table would ship unnoticed: resolve every name of ``__all__``."""
+    import napari_mobilesam
+
+    assert len(napari_mobilesam.__all__) == len(set(napari_mobilesam.__all__))
+    for name in napari_mobilesam.__all__:
+        value = getattr(napari_mobilesam, name)
+        assert getattr(value, "__name__", name) == name, f"{name} resolves to {value!r}"
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        napari_mobilesam.not_a_name  # noqa: B018
+
+
+def test_type_checking_imports_match_the_api_table():
+    """The TYPE_CHECKING block (for editors and type checkers) names the same objects, from
+    the same modules, as the lazy table."""
+    import ast
+
+    import napari_mobilesam
+
+    tree = ast.parse(Path(napari_mobilesam.__file__).read_text(encoding="utf-8"))
+    block = next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+    )
+    imported = {
+        alias.name: node.module.removeprefix("napari_mobilesam.")
+        for node in ast.walk(block)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported == napari_mobilesam._LAZY
+
+
 def test_no_qt_binding_among_runtime_dependencies():
     project = _pyproject()["project"]
     runtime_qt = [str(r) for r in _requirements(project["dependencies"]) if _pulls_in_qt(r)]
@@ -149,6 +247,12 @@ def test_all_and_testing_bring_the_same_qt_binding():
     assert [str(req) for req in qt["all"]] in (["napari[all]"], ["napari[pyqt6]"])
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert "pip uninstall -y PyQt5" in ci
+
+
+def test_ci_checks_lint_and_format():
+    ci_lines = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert "python3 -m ruff check ." in ci_lines
+    assert "python3 -m ruff format --check ." in ci_lines
 
 
 # --- built distributions ---------------------------------------------------------------------

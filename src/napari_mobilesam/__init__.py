@@ -24,9 +24,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The one place the version is written: pyproject.toml reads it from here (hatch's version source).
 __version__ = "0.1.0"
 
-# name -> module (below the package) that defines it
+# The public API: name -> the module (below the package) that defines it. A new name is one line
+# here and its import in the TYPE_CHECKING block below (for type checkers and editors);
+# tests/test_packaging.py checks that the two agree and that every name resolves.
 _LAZY = {
     "build_mobile_sam": "model.build",
     "CheckpointError": "model.checkpoint",
@@ -62,40 +65,8 @@ _LAZY = {
     "replay_project": "engine.replay",
 }
 
-__all__ = [
-    "available_runtimes",
-    "build_mobile_sam",
-    "find_seeds",
-    "refine_labels",
-    "replay_project",
-    "Cancelled",
-    "CheckpointError",
-    "commit_objects",
-    "create_aligned_labels",
-    "default_cache_folder",
-    "export_onnx",
-    "make_nuclei_stack",
-    "DiskEmbeddingCache",
-    "EmbeddingCache",
-    "MobileSAM",
-    "model_fingerprint",
-    "precompute_stack",
-    "propagate",
-    "PropagationSettings",
-    "masks_to_labels",
-    "ResizeLongestSide",
-    "resolve_weights",
-    "Results",
-    "SamAutomaticMaskGenerator",
-    "SamPredictor",
-    "Seed",
-    "segment_everything",
-    "segment_from_layers",
-    "segment_stack",
-    "StackEmbeddings",
-    "to_uint8_rgb",
-    "use_runtime",
-]
+# Everything public, in the order above; `dir()` and `from napari_mobilesam import *` use it.
+__all__ = list(_LAZY)
 
 if TYPE_CHECKING:
     from napari_mobilesam.engine.automatic_mask_generator import SamAutomaticMaskGenerator

@@ -36,7 +36,6 @@ def test_weights_subcommand_reuses_the_weights_tool(synthetic_checkpoint: Path, 
 
 
 def test_export_subcommand_is_the_export_tool(capsys) -> None:
-    pytest.importorskip("napari_mobilesam.engine.export")
     with pytest.raises(SystemExit) as stop:
         run_cli(["export", "--help"])
     assert stop.value.code == 0
@@ -144,7 +143,6 @@ def test_segment_a_stack_from_napari_csv_writes_a_zarr_volume(
 def test_everything_labels_images_and_stacks(
     image_folder: Path, stack_tif: Path, synthetic_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
-    pytest.importorskip("napari_mobilesam.engine.everything")
     import tifffile
     import zarr
 

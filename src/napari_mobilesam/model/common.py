@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerNorm2d", "MLPBlock", "Conv2dBN", "drop_path_or_identity"]
+__all__ = ["LayerNorm2d", "MLPBlock", "Conv2dBN", "DropPath", "drop_path_or_identity"]
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -25,13 +25,33 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
-def drop_path_or_identity(rate: float) -> nn.Module:
-    """timm's stochastic depth for training (imported only then), identity for inference."""
-    if rate <= 0.0:
-        return nn.Identity()
-    from timm.layers import DropPath
+class DropPath(nn.Module):
+    """Stochastic depth: in training, drop a residual branch for whole samples at ``rate``.
 
-    return DropPath(rate)
+    Kept samples are scaled by ``1 / (1 - rate)`` so the expectation is unchanged; in eval mode
+    it is the identity. No parameters or buffers, so checkpoint keys do not depend on it.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = float(rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.rate <= 0.0:
+            return x
+        keep = 1.0 - self.rate
+        # One draw per sample (dim 0), broadcast over the other dims.
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate}"
+
+
+def drop_path_or_identity(rate: float) -> nn.Module:
+    """Stochastic depth for training, the identity where it would do nothing."""
+    return DropPath(rate) if rate > 0.0 else nn.Identity()
 
 
 class MLPBlock(nn.Module):
