@@ -202,8 +202,8 @@ def _refusal(path: Path, state: str) -> str:
             "or choose another --out; --overwrite replaces only this program's outputs)"
         )
     return (
-        f"{path} holds labels made from another input, prompts, parameters or weights; "
-        "pass --overwrite to replace them"
+        f"{path} holds labels made from another input, prompts, parameters or weights (or "
+        "changed since); pass --overwrite to replace them"
     )
 
 
