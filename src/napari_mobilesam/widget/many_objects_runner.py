@@ -163,7 +163,7 @@ class ManyObjectsRunner(WorkerRunner):
             f"to '{target.name}'"
         )
         if result.lost:
-            message += f"; {len(result.lost)} came out empty"
+            message += f"; {len(result.lost)} came out empty (or lost every pixel to overlaps)"
         if report.protected:
             message += f"; {report.protected} px kept (protected)"
         host.status.set(message + ".", outcome=True)
