@@ -135,3 +135,39 @@ def test_replay_lists_what_it_cannot_redo(recording, tmp_path: Path) -> None:
                 obj["weights"] = str(tmp_path / "gone.pt")
             path.write_text(json.dumps(record))
         replay_project(copy, lambda plane: data[plane])
+
+
+def test_segment_everything_replays_to_the_same_labels(tmp_path: Path) -> None:
+    from napari_mobilesam.engine.automatic_mask_generator import SamAutomaticMaskGenerator
+    from napari_mobilesam.engine.predictor import SamPredictor
+    from napari_mobilesam.engine.steps import drive
+    from napari_mobilesam.layers.everything_layers import (
+        EverythingSettings,
+        everything_steps,
+        plan_job,
+    )
+    from napari_mobilesam.layers.label_image_writer import write_label_image
+    from napari_mobilesam.layers.segment import capture_request
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    model = build_mobile_sam(str(SYNTHETIC_CHECKPOINT))
+    data = np.random.default_rng(4).integers(0, 1000, (2, 32, 40)).astype(np.uint16)
+    viewer = ViewerModel()
+    image = viewer.add_layer(Image(data, contrast_limits=(0, 1000)))
+    labels = viewer.add_layer(create_aligned_labels(image))
+    recorder = ProjectRecorder.start(labels, tmp_path / "p", image=image)
+    settings = EverythingSettings(
+        points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_size=0,
+        whole_stack=True,
+    )  # fmt: skip
+    job = plan_job(capture_request(viewer, image), settings)
+    generator = SamAutomaticMaskGenerator(SamPredictor(model), **settings.generator_params())
+    result = drive(everything_steps(job, generator, None))
+    report = write_label_image(labels, result.labels)
+    recorder.close()
+    assert report.ids, "the synthetic weights found nothing to compare"
+    replayed = replay_project(tmp_path / "p", lambda plane: data[plane],
+                              predictor=SamPredictor(model))  # fmt: skip
+    assert replayed.identical
+    assert {o.mode for o in replayed.objects} == {"everything"}
+    assert len(replayed.objects) == len(report.ids)

@@ -9,6 +9,8 @@ volume (the project's initial labels):
   chosen logits are the next one's ``mask_input``); the recorded candidate is kept;
 - ``propagation`` objects: the seed is decoded the same way and followed with the recorded
   settings, axis and start plane;
+- ``everything`` runs: the recorded planes are segmented again with the recorded settings and
+  contrast limits, linked from plane to plane and written as the plugin writes a label image;
 - each object is written with its recorded id, keeping existing labels when the step did;
 - ``undo`` / ``redo`` revert or repeat the named step; napari ``edit`` steps (paint, fill) and
   other modes are listed as not replayed.
@@ -199,6 +201,62 @@ class _Decoder:
         return {tuple(moved(z)["slice_index"]): m for z, m in result.masks.items()}
 
 
+def _tile_shape(tile_size: int | None, plane_shape: Sequence[int]) -> int | None:
+    """Segment everything's tile rule (0: tiles of 1024 only for larger planes; None: never)."""
+    if tile_size is None:
+        return None
+    if int(tile_size) == 0:
+        return 1024 if max(plane_shape) > 1024 else None
+    return int(tile_size)
+
+
+def _everything_labels(decoder: _Decoder, record: dict[str, Any]) -> list[tuple[tuple, Any]]:
+    """Segment everything again on the recorded planes: (slice index, labels) in run order,
+    ids 1..N over the run, objects linked from plane to plane as the plugin links them."""
+    from napari_mobilesam.engine.automatic_mask_generator import SamAutomaticMaskGenerator
+    from napari_mobilesam.engine.everything import link_to_previous, segment_everything_steps
+    from napari_mobilesam.engine.image_conversion import shrink_for_encoder, to_uint8_rgb
+    from napari_mobilesam.engine.steps import drive
+
+    settings = record["settings"]
+    limits = tuple(float(v) for v in record["contrast_limits"])
+    generator = SamAutomaticMaskGenerator(
+        decoder.predictor, points_per_side=settings["points_per_side"],
+        pred_iou_thresh=settings["pred_iou_thresh"],
+        stability_score_thresh=settings["stability_score_thresh"],
+    )  # fmt: skip
+    planes = [tuple(p) for p in record["run_planes"]]
+    displayed = record["run_displayed"][0]
+    varying = [a for a in range(len(planes[0])) if len({p[a] for p in planes}) > 1]
+    axis = varying[0] if varying else None
+    out = []
+    previous: tuple[int, np.ndarray] | None = None
+    next_id = 1
+    for slice_index in planes:
+        pixels = np.asarray(decoder.read_plane(tuple(int(i) for i in slice_index[:-2])))
+        if displayed[0] > displayed[1]:
+            pixels = np.swapaxes(pixels, 0, 1)
+        image = to_uint8_rgb(shrink_for_encoder(pixels), contrast_limits=limits, rgb=decoder.rgb)
+        if image.min() == image.max():
+            labels = np.zeros(pixels.shape[:2], dtype=np.int32)
+        else:
+            labels = drive(segment_everything_steps(
+                pixels, generator, tile_shape=_tile_shape(settings["tile_size"], pixels.shape[:2]),
+                min_size=settings["min_size"], rgb=decoder.rgb, contrast_limits=limits,
+            ))  # fmt: skip
+        index = None if axis is None else slice_index[axis]
+        if index is not None and previous is not None and previous[0] == index - 1:
+            labels, next_id = link_to_previous(previous[1], labels, next_id)
+        else:
+            count = int(labels.max(initial=0))
+            labels = np.where(labels > 0, labels + (next_id - 1), 0).astype(np.int32)
+            next_id += count
+        out.append((slice_index, labels))
+        if index is not None:
+            previous = (index, labels)
+    return out
+
+
 def _plane_indices(slice_index: Sequence[int | None], displayed: Sequence[int], mask: np.ndarray):
     """Data indices of a plane mask's true pixels (mask in screen order)."""
     rows, cols = np.nonzero(mask)
@@ -211,6 +269,13 @@ def _plane_indices(slice_index: Sequence[int | None], displayed: Sequence[int], 
         else:
             indices.append(np.full(rows.shape, int(index), dtype=np.intp))
     return tuple(indices)
+
+
+def _everything_replayable(record: dict[str, Any]) -> bool:
+    """Whether a step is a segment-everything run recorded with what it needs to run again."""
+    return record.get("mode") == "everything" and all(
+        record.get(key) is not None for key in ("settings", "run_planes", "contrast_limits")
+    )
 
 
 def _replayable(record: dict[str, Any], ndim: int) -> str:
@@ -292,6 +357,15 @@ def replay_project(
             skipped.append(f"step {step}: {kind} (napari edit) not replayed")
             continue
         changes = []
+        for obj in record.get("objects", []):
+            first_step.setdefault(int(obj["id"]), (step, obj.get("mode", "?")))
+        if (step, -1) in masks:
+            changes = _write_label_planes(
+                volume, masks[(step, -1)], record, record["run_displayed"][0]
+            )
+            writes[step] = changes
+            target.save(volume, changes, record)
+            continue
         for number, obj in enumerate(record.get("objects", [])):
             label_id = int(obj["id"])
             first_step.setdefault(label_id, (step, obj.get("mode", "?")))
@@ -308,6 +382,35 @@ def replay_project(
     result = _compare(stored, volume, first_step, notes, skipped)
     target.finish(result)
     return result
+
+
+def _write_label_planes(volume: np.ndarray, planes: list, record: dict[str, Any], displayed):
+    """Write a label image run as the plugin does: ids moved above the volume's largest,
+    consecutive in increasing order of the run's ids; taken pixels kept when protecting."""
+    writes = []
+    kept: set[int] = set()
+    for slice_index, labels in planes:
+        inside = labels > 0
+        indices = _plane_indices(slice_index, displayed, inside)
+        ids = labels[inside].astype(np.int64)
+        if record.get("protect", True):
+            free = volume[indices] == 0
+            indices, ids = tuple(axis[free] for axis in indices), ids[free]
+        kept.update(np.unique(ids).tolist())
+        writes.append((indices, ids))
+    if not kept:
+        return []
+    survivors = np.array(sorted(kept), dtype=np.int64)
+    first = max(int(volume.max()) + 1, 1)
+    mapping = np.zeros(int(survivors[-1]) + 1, dtype=np.int64)
+    mapping[survivors] = np.arange(first, first + len(survivors))
+    changes = []
+    for indices, ids in writes:
+        old = volume[indices].copy()
+        new = mapping[ids].astype(volume.dtype)
+        volume[indices] = new
+        changes.append((indices, old, new))
+    return changes
 
 
 def _displayed(obj: dict[str, Any]) -> list[int]:
@@ -353,6 +456,9 @@ def _decode_all(records, predictors, read_plane, rgb, shape, ndim):
     for record in records:
         if record.get("kind") != "write":
             continue
+        if _everything_replayable(record):
+            jobs.append((int(record["step"]), -1, record))
+            continue
         for number, obj in enumerate(record.get("objects", [])):
             reason = _replayable(obj, ndim)
             if reason:
@@ -368,6 +474,8 @@ def _decode_all(records, predictors, read_plane, rgb, shape, ndim):
             slot = free.pop()
         try:
             decoder = _Decoder(predictors[slot], read_plane, rgb)
+            if number == -1:
+                return (step, number), _everything_labels(decoder, obj)
             if obj["mode"] == "propagation":
                 n_planes = int(shape[int(obj["axis"])])
                 found = decoder.propagate(obj, n_planes)

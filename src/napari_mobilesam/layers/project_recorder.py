@@ -331,7 +331,12 @@ class ProjectRecorder:
         step = {"kind": "write", "mode": mode, "protect": bool(written.protect)}
         settings = getattr(written.sources[0], "settings", None) if written.sources else None
         if written.kind == "label_image" and dataclasses.is_dataclass(settings):
-            step["settings"] = dataclasses.asdict(settings)  # segment everything's settings
+            # Segment everything: what a replay needs to run it again (settings, the planes it
+            # covered in order, the contrast limits).
+            step["settings"] = dataclasses.asdict(settings)
+            step["run_planes"] = [list(p.slice_index) for p in written.sources[0]]
+            step["run_displayed"] = [list(p.displayed) for p in written.sources[0]][:1]
+            step["contrast_limits"] = getattr(written.sources[0], "contrast_limits", None)
         step.update({k: v for k, v in self._context.items() if k != "mode"})
         step["objects"] = objects
         self._save(atoms, step)
