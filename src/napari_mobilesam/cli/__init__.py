@@ -107,6 +107,13 @@ def _add(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (subcommands and their options)."""
+    from napari_mobilesam.cli.many_objects_args import (
+        REFINE_EXAMPLES,
+        add_each_point_argument,
+        add_refine_arguments,
+        add_seed_arguments,
+    )
+
     parser = types.OneLineParser(
         prog="napari-mobilesam",
         description="MobileSAM from the command line: embeddings, prompted and automatic "
@@ -137,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one candidate per object instead of the best of 3",
     )
+    add_each_point_argument(segment)
     _common(segment)
 
     everything = _add(sub, "everything", "automatic segmentation into label images / volumes")
@@ -168,7 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 128)",
     )
     everything.add_argument("--planes", metavar="A:B", help="only planes A..B-1 of stacks")
+    add_seed_arguments(everything)
     _common(everything)
+
+    EXAMPLES.setdefault("refine", REFINE_EXAMPLES)
+    refine = _add(sub, "refine", "refine a label image: every label prompts one object")
+    add_refine_arguments(refine)
+    _common(refine)
+
     from napari_mobilesam.cli.replay import EXAMPLES as REPLAY_EXAMPLES
     from napari_mobilesam.cli.replay import add_arguments as add_replay_arguments
 
@@ -211,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     from napari_mobilesam.cli.replay import run_replay
 
     command["replay"] = run_replay
+    from napari_mobilesam.cli.refine import run_refine, with_seed_options
+
+    command.update(refine=run_refine, everything=with_seed_options(run_everything))
     name = f"napari-mobilesam {args.command}"
     interrupted_text = (
         f"{name}: interrupted before all work was done. Finished outputs are kept and no "
