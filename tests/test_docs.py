@@ -1,14 +1,14 @@
 """Every code block of README.md and docs/*.md runs as written.
 
-The Python blocks of one page run in order in one namespace (a fresh interpreter per page), the
-bash blocks as bash scripts, both in a temporary folder holding the files the examples name
-(``mobile_sam.pt`` is the synthetic checkpoint, ``cells.png`` a small image with bright blobs,
-...; see :func:`write_example_inputs`) with ``NAPARI_MOBILESAM_WEIGHTS`` naming the synthetic
-checkpoint, so nothing is downloaded. A block that cannot run here (it installs packages, needs a
-GPU, a SLURM cluster or a download, or runs for minutes) is preceded by the line
-``<!-- docs-test: skip REASON -->``; it is still checked as far as possible: Python is parsed, bash
-is checked by ``bash -n``, and each ``napari-mobilesam`` command in it is parsed by the command's
-own argument parser.
+The blocks of one page run in the page's order in one temporary folder: the Python blocks in one
+namespace (a fresh interpreter per page), each bash block as a bash script. The folder holds the
+files the examples name (``mobile_sam.pt`` is the synthetic checkpoint, ``cells.png`` a small
+image with bright blobs, ...; see :func:`write_example_inputs`) and ``NAPARI_MOBILESAM_WEIGHTS``
+names the synthetic checkpoint, so nothing is downloaded. A block that cannot run here (it
+installs packages, needs a GPU, a SLURM cluster or a download, or runs for minutes) is preceded
+by the line ``<!-- docs-test: skip REASON -->``; it is still checked as far as possible: Python
+is parsed, bash is checked by ``bash -n``, and each ``napari-mobilesam`` command in it is parsed
+by the command's own argument parser.
 """
 
 from __future__ import annotations
@@ -192,42 +192,48 @@ def test_the_block_reader_sees_skips_and_line_numbers(tmp_path: Path):
     assert blocks[0].code == "x = 1\n"
 
 
-# --- Python blocks ----------------------------------------------------------------------------
+# --- running a page ---------------------------------------------------------------------------
 
-# Runs a page's blocks in one namespace; line numbers in a traceback are the page's.
+# Runs a page's blocks in the order of the page, in one folder: the Python blocks in one
+# namespace (line numbers in a traceback are the page's), each bash block as a bash script.
 RUNNER = textwrap.dedent(
     """
-    import json, sys
+    import json, subprocess, sys
     blocks = json.load(open(sys.argv[1], encoding="utf-8"))
     namespace = {"__name__": "__main__"}
     for block in blocks:
-        source = "\\n" * (block["line"] - 1) + block["code"]
-        exec(compile(source, block["page"], "exec"), namespace)
+        if block["language"] == "python":
+            source = "\\n" * (block["line"] - 1) + block["code"]
+            exec(compile(source, block["page"], "exec"), namespace)
+            continue
+        sys.stdout.flush()
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block["code"]])
+        if done.returncode != 0:
+            sys.exit(f"{block['page']}:{block['line']}: the bash block exited {done.returncode}")
     """
 )
 
 
-def _pages_with(language: str) -> list[Path]:
-    return [
-        page
-        for page in PAGES
-        if any(b.language == language and b.skip is None for b in code_blocks(page))
-    ]
+def _runs(block: Block) -> bool:
+    return block.language in ("python", "bash") and block.skip is None
 
 
-def _python_param(page: Path):
-    uses_qt = any("napari.Viewer" in b.code for b in code_blocks(page) if b.skip is None)
+def _page_param(page: Path):
+    uses_qt = any("napari.Viewer" in b.code for b in code_blocks(page) if _runs(b))
     marks = [pytest.mark.slow] + ([pytest.mark.qt] if uses_qt else [])
     return pytest.param(page, marks=marks, id=str(page.relative_to(REPO)))
 
 
-@pytest.mark.parametrize("page", [_python_param(page) for page in _pages_with("python")])
-def test_python_blocks_run_as_written(page: Path, example_folder, tmp_path: Path):
+RUN_PAGES = [_page_param(page) for page in PAGES if any(_runs(b) for b in code_blocks(page))]
+
+
+@pytest.mark.parametrize("page", RUN_PAGES)
+def test_page_runs_as_written(page: Path, example_folder, tmp_path: Path):
     work, env = example_folder
     blocks = [
-        {"page": str(page), "line": b.line, "code": b.code}
+        {"page": str(page), "line": b.line, "language": b.language, "code": b.code}
         for b in code_blocks(page)
-        if b.language == "python" and b.skip is None
+        if _runs(b)
     ]
     blocks_file = tmp_path / "blocks.json"
     blocks_file.write_text(json.dumps(blocks), encoding="utf-8")
@@ -239,31 +245,32 @@ def test_python_blocks_run_as_written(page: Path, example_folder, tmp_path: Path
         text=True,
         timeout=RUN_LIMIT_S,
     )
-    assert done.returncode == 0, f"{page.name}: a Python block failed\n{done.stderr[-6000:]}"
+    assert done.returncode == 0, (
+        f"{page.name}: a block failed\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    )
 
 
-# --- bash blocks ------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("page", _pages_with("bash"), ids=_ids(_pages_with("bash")))
-def test_bash_blocks_run_as_written(page: Path, example_folder):
+def test_the_runner_runs_blocks_in_page_order_in_one_folder(tmp_path: Path, example_folder):
     work, env = example_folder
-    for block in code_blocks(page):
-        if block.language != "bash" or block.skip is not None:
-            continue
-        done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", block.code],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=RUN_LIMIT_S,
-        )
-        assert done.returncode == 0, (
-            f"{page.name}:{block.line}: the bash block failed (exit {done.returncode})\n"
-            f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-        )
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nfrom pathlib import Path\nPath('a.txt').write_text('1')\n```\n\n"
+        '```bash\ntest "$(cat a.txt)" = 1 && echo 2 > b.txt\n```\n\n'
+        "```python\nassert Path('b.txt').read_text().strip() == '2'\nraise SystemExit(3)\n```\n",
+        encoding="utf-8",
+    )
+    blocks = [{**vars(b), "page": str(page)} for b in code_blocks(page)]
+    (tmp_path / "blocks.json").write_text(json.dumps(blocks), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(tmp_path / "blocks.json")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_LIMIT_S,
+    )
+    # the last block's exit status comes back: the earlier blocks saw each other's files
+    assert done.returncode == 3, done.stderr
 
 
 # --- blocks that are not run: checked as far as they can be -------------------------------------
