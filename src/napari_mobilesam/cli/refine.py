@@ -38,8 +38,8 @@ def seed_generator_options(args: argparse.Namespace) -> dict:
         raise UserError("--seeds needs --diameter D, the objects' diameter in pixels")
     options = {"prompts": "seeds", "diameter": args.diameter, "order": "score"}
     if args.seed_threshold is not None:
-        if not args.seed_threshold >= 0:
-            raise UserError(f"--seed-threshold must be >= 0, got {args.seed_threshold}")
+        if not 0 <= args.seed_threshold < float("inf"):
+            raise UserError(f"--seed-threshold must be a number >= 0, got {args.seed_threshold}")
         options["threshold"] = args.seed_threshold
     return options
 
