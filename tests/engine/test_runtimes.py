@@ -302,3 +302,84 @@ def test_openvino_bf16_within_its_documented_bound(synthetic_checkpoint, tmp_pat
             for mask, ref in zip(masks, p["masks"], strict=True):
                 overlap = (mask & ref).sum() / max(1, (mask | ref).sum())
                 assert overlap >= runtimes.BF16_MIN_MASK_IOU, (path.name, k, overlap)
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_cached_graph_changed_on_disk_is_rebuilt(
+    runtime, synthetic_checkpoint, tmp_path, tmp_path_factory
+):
+    """Weights that changed on disk but still load are caught by the recorded checksum."""
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)  # the session's graphs
+    shutil.copytree(graph_folder(tmp_path_factory), tmp_path, dirs_exist_ok=True)
+    graph = "*.onnx" if runtime == "onnxruntime" else "openvino-*/*.bin"
+    (cached,) = tmp_path.glob(f"*/{graph}")
+    original = cached.read_bytes()
+    # Flip bytes inside the weights only (the graph still loads and runs, with wrong numbers):
+    # OpenVINO's .bin is all weights; in the ONNX file, find the largest initializer's bytes.
+    start, length = len(original) - 8192, 8192
+    if runtime == "onnxruntime":
+        import onnx
+
+        weights = max(onnx.load(str(cached)).graph.initializer, key=lambda t: len(t.raw_data))
+        start, length = original.find(weights.raw_data[:256]), len(weights.raw_data)
+        assert start > 0
+    flipped = bytearray(original)
+    for offset in range(start + 1, start + length - 1, 64):
+        flipped[offset] ^= 0x40  # an exponent bit of float32 values
+    cached.write_bytes(bytes(flipped))
+
+    runtimes._warned_rebuild.clear()
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    messages: list[str] = []
+    with pytest.warns(RuntimeWarning, match="does not match the checksum") as record:
+        runtimes.use_runtime(model, runtime, cache_folder=tmp_path, progress=messages.append)
+    assert len([w for w in record if "checksum" in str(w.message)]) == 1
+    assert runtimes.runtime_of(model) == runtime
+    assert runtimes.runtime_summary(model)["self_check_error"] <= ATOL_EMBEDDING
+    assert any("Checking" in m for m in messages)  # checked again, not taken from the record
+    assert cached.read_bytes() != bytes(flipped)
+    (check,) = tmp_path.glob(f"*/self_check.{runtime}-*.fp32.json")
+    recorded = json.loads(check.read_text())["graph_sha256"]
+    files = [cached] if runtime == "onnxruntime" else [cached.with_suffix(".xml"), cached]
+    assert recorded == runtimes.file_digest(files)
+
+    # The next load trusts the rebuilt graph: no warning, nothing checked again.
+    messages.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        runtimes.use_runtime(model, runtime, cache_folder=tmp_path, progress=messages.append)
+    assert messages == []
+
+
+def test_engine_threads_stay_within_physical_cores(monkeypatch):
+    from napari_mobilesam.engine import runtimes
+
+    monkeypatch.setattr(runtimes, "physical_cores", lambda: 2)
+    monkeypatch.setattr(runtimes.torch, "get_num_threads", lambda: 8)
+    assert runtimes._threads() == 2
+    monkeypatch.setattr(runtimes.torch, "get_num_threads", lambda: 1)
+    assert runtimes._threads() == 1
+
+
+def test_physical_cores_counts_each_core_once(monkeypatch, tmp_path):
+    """Two hyper-threads of one core count once; CPUs outside the affinity do not count."""
+    from napari_mobilesam.engine import runtimes
+
+    blocks = [
+        f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {cpu // 2}\nflags\t: x\n"
+        for cpu in range(8)
+    ]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("\n".join(blocks))
+    real_path = runtimes.Path
+    monkeypatch.setattr(
+        runtimes, "Path", lambda p: real_path(cpuinfo) if p == "/proc/cpuinfo" else real_path(p)
+    )
+    monkeypatch.setattr(runtimes.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert runtimes.physical_cores() == 4
+    monkeypatch.setattr(runtimes.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert runtimes.physical_cores() == 2

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_mobilesam.engine.atomic_files import write_atomically
 from napari_mobilesam.engine.export import (
     DEFAULT_OPSET,
     MissingExtraError,
@@ -190,15 +191,25 @@ def _graph_key(model: Sam, opset: int) -> str:
 
 
 def _replace_atomic(write: Callable[[Path], object], target: Path) -> Path:
-    """Write through ``write(temp_path)`` in ``target``'s folder, then rename into place."""
+    """Write through ``write(temp_path)`` beside ``target``, then rename into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+    return write_atomically(target, write)
+
+
+def file_digest(paths: list[Path]) -> str:
+    """SHA-256 over the contents of ``paths`` (in order), read in 1 MiB blocks.
+
+    Kept with a graph's self-check result: a graph whose bytes changed on disk since it was
+    checked (bit rot, a partial copy, an edit) is not trusted. About 30 ms for the 24 MB
+    encoder graph (see the self-check notes in ``use_runtime``).
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _self_check_input() -> torch.Tensor:
@@ -250,15 +261,16 @@ class _GraphCache:
             self.say("Converting the encoder to OpenVINO (once for these weights)...")
             ov = require("openvino")
             model = ov.convert_model(str(onnx_path))
-            xml.parent.mkdir(parents=True, exist_ok=True)
-            tmp_xml = xml.with_name(f".{os.getpid()}.{threading.get_ident()}.tmp.xml")
-            try:
-                ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-                os.replace(tmp_xml.with_suffix(".bin"), xml.with_suffix(".bin"))
-                os.replace(tmp_xml, xml)
-            finally:
-                tmp_xml.unlink(missing_ok=True)
-                tmp_xml.with_suffix(".bin").unlink(missing_ok=True)
+
+            def save(tmp: Path) -> None:
+                # The .xml and .bin are written into a temporary folder that replaces the
+                # version's folder in one rename: never an .xml beside another .bin.
+                tmp.mkdir()
+                ov.save_model(model, str(tmp / xml.name), compress_to_fp16=False)
+
+            xml.parent.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(xml.parent, save, replace_folder=True)
+            del model  # the converted graph in memory; the compiled one is read from disk
         return xml
 
     def reference(self) -> np.ndarray:
@@ -283,6 +295,13 @@ class _GraphCache:
     def check_path(self, runtime: str, version: str, precision: str) -> Path:
         return self.folder / f"self_check.{runtime}-{version}.{precision}.json"
 
+    def graph_files(self, runtime: str, version: str) -> list[Path]:
+        """The files a runtime's session is built from (what the checksum covers)."""
+        if runtime == "openvino":
+            xml = self.openvino_path(version)
+            return [xml, xml.with_suffix(".bin")]
+        return [self.onnx_path]
+
     def has(self, runtime: str, version: str) -> bool:
         """Whether ``runtime``'s graph is already in the cache."""
         if runtime == "openvino":
@@ -291,21 +310,53 @@ class _GraphCache:
         return self.onnx_path.is_file()
 
     def forget(self, runtime: str, version: str) -> None:
-        """Remove a runtime's files (a graph that failed to load is rebuilt from scratch)."""
-        paths = [self.onnx_path]
-        if runtime == "openvino":
-            xml = self.openvino_path(version)
-            paths = [xml, xml.with_suffix(".bin")]
-        for path in paths:
+        """Remove a runtime's files and its self-check results (a graph that failed to load or
+        changed on disk is rebuilt from scratch and checked again)."""
+        for path in self.graph_files(runtime, version):
+            path.unlink(missing_ok=True)
+        for path in self.folder.glob(f"self_check.{runtime}-{version}.*.json"):
             path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- the sessions
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once; 1 if unknown).
+
+    Read from ``/proc/cpuinfo`` (distinct physical id / core id pairs among the CPUs in this
+    process' affinity) where there is one, else ``os.cpu_count()``.
+    """
+    try:
+        allowed = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        allowed = None
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        text = ""
+    cores: set[tuple[str, str]] = set()
+    for block in text.split("\n\n"):
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (line.partition(":") for line in block.splitlines())
+        )
+        if "processor" not in fields or "core id" not in fields:
+            continue
+        if allowed is not None and int(fields["processor"]) not in allowed:
+            continue
+        cores.add((fields.get("physical id", "0"), fields["core id"]))
+    if cores:
+        return len(cores)
+    return max(1, len(allowed) if allowed else (os.cpu_count() or 1))
+
+
 def _threads() -> int:
-    # The runtimes follow torch's thread setting, so torch.set_num_threads governs them all.
-    return max(1, torch.get_num_threads())
+    """Threads of an engine's encoder: torch's setting (so torch.set_num_threads governs them
+    all), at most one per physical core. The engine and torch's decoder take turns: each gets
+    the cores while it runs, and neither spins on them while the other works (see the
+    sessions' spin-wait settings)."""
+    return max(1, min(torch.get_num_threads(), physical_cores()))
 
 
 def _onnxruntime_runner(cache: _GraphCache, precision: str) -> _SharedRunner:
@@ -313,6 +364,12 @@ def _onnxruntime_runner(cache: _GraphCache, precision: str) -> _SharedRunner:
     path = cache.ensure_onnx()
     options = ort.SessionOptions()
     options.intra_op_num_threads = _threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # ONNX Runtime's threads spin after each run waiting for more work; meanwhile torch decodes
+    # the click on the same cores and is slowed (up to 616 ms for a 40 ms click under load).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Without the arena and the memory-pattern planner one encode peaks about 150 MB lower
     # (measured 466 vs 619 MB for the session alone), at no measurable cost in speed.
@@ -336,6 +393,10 @@ def _openvino_runner(cache: _GraphCache, precision: str) -> _SharedRunner:
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
         "INFERENCE_NUM_THREADS": _threads(),
         "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        # Pinned threads would hold their cores against torch's decoder threads.
+        "ENABLE_CPU_PINNING": False,
+        "ENABLE_HYPER_THREADING": False,
     }
     # From the path, so OpenVINO can map the weights file rather than hold a second copy.
     compiled = core.compile_model(str(xml), "CPU", config)
@@ -354,14 +415,37 @@ _BUILDERS = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
 _warned_rebuild: set[tuple[str, str]] = set()
 
 
+def _warn_once(cache: _GraphCache, runtime: str, message: str) -> None:
+    key = (runtime, str(cache.folder))
+    if key not in _warned_rebuild:
+        _warned_rebuild.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _recorded_check(path: Path) -> dict[str, Any] | None:
+    """A self-check result as saved, or None when there is none (or it cannot be read)."""
+    try:
+        result = json.loads(path.read_text())
+        result["max_abs_error"] = float(result["max_abs_error"])
+        return result
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _checked_runner(
     cache: _GraphCache, runtime: str, precision: str
 ) -> tuple[_SharedRunner, float]:
     """Load (building or rebuilding once if needed) and self-check one runtime.
 
+    A cached graph is used only if its self-check passed *and* its files still have the
+    SHA-256 recorded with that result; otherwise it is rebuilt and checked again, with one
+    warning. A recorded failure is believed without the checksum (refusing is always safe).
+
     Returns the runner and its self-check error; raises RuntimeError when the check fails.
     """
     version = _version(_PACKAGES[runtime][0]) or "unknown"
+    check = cache.check_path(runtime, version, precision)
+    atol = BF16_ATOL if precision == "bf16" else SELF_CHECK_ATOL
     cached = cache.has(runtime, version)
     try:
         runner = _BUILDERS[runtime](cache, precision)
@@ -372,30 +456,48 @@ def _checked_runner(
             raise  # a graph built just now that fails is not a stale cache: report it
         # A cached graph that no longer loads (truncated, written by another version...): one
         # warning, then build it again.
-        key = (runtime, str(cache.folder))
-        if key not in _warned_rebuild:
-            _warned_rebuild.add(key)
-            warnings.warn(
-                f"The cached {runtime} encoder graph in {cache.folder} could not be loaded "
-                f"({type(exc).__name__}: {exc}); rebuilding it.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        _warn_once(
+            cache,
+            runtime,
+            f"The cached {runtime} encoder graph in {cache.folder} could not be loaded "
+            f"({type(exc).__name__}: {exc}); rebuilding it.",
+        )
         cache.forget(runtime, version)
+        cached = False
         runner = _BUILDERS[runtime](cache, precision)
 
-    check = cache.check_path(runtime, version, precision)
-    atol = BF16_ATOL if precision == "bf16" else SELF_CHECK_ATOL
-    try:
-        result = json.loads(check.read_text())
-        error = float(result["max_abs_error"])
-    except (OSError, ValueError, KeyError, TypeError):
+    recorded = _recorded_check(check) if cached else None
+    passed = recorded is not None and recorded["max_abs_error"] <= atol
+    if passed and recorded.get("graph_sha256") != file_digest(cache.graph_files(runtime, version)):
+        # A graph that loads but whose bytes are not the ones that passed the check.
+        _warn_once(
+            cache,
+            runtime,
+            f"The cached {runtime} encoder graph in {cache.folder} does not match the "
+            "checksum recorded when it was checked (changed on disk, or cached by an older "
+            "version); rebuilding and checking it again.",
+        )
+        del runner
+        cache.forget(runtime, version)
+        runner = _BUILDERS[runtime](cache, precision)
+        recorded = None
+
+    if recorded is None:
         cache.say(f"Checking {runner.description} against torch (once)...")
         out = runner.run(_self_check_input().numpy())
         reference = cache.reference()
         error = float(np.abs(out - reference).max()) if out.shape == reference.shape else np.inf
-        text = json.dumps({"max_abs_error": error, "atol": atol, "runtime": runner.description})
+        text = json.dumps(
+            {
+                "max_abs_error": error,
+                "atol": atol,
+                "runtime": runner.description,
+                "graph_sha256": file_digest(cache.graph_files(runtime, version)),
+            }
+        )
         _replace_atomic(lambda tmp: tmp.write_text(text), check)
+    else:
+        error = recorded["max_abs_error"]
     if not error <= atol:
         raise RuntimeError(
             f"{runner.description} differs from the torch encoder by {error:.3g} on the "
