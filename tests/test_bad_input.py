@@ -1858,8 +1858,69 @@ def _(ctx: Any) -> None:
         with w.qtbot.waitSignal(worker.finished, timeout=WORKER_TIMEOUT_MS):
             w.predictor.release.set()
         wait_idle(w)
-    assert w.widget.objects == [] and status(w) == "cancelled"
+    # K asked for a commit; Cancel means it is not done, and the status line says so.
+    assert w.widget.objects == [] and status(w) == "not committed: cancelled"
     assert len(w.points.data) == 1  # the prompt is still there
+
+
+class FailingGatedPredictor(GatedPredictor):
+    """The gated encode fails once released (a model error in the worker)."""
+
+    def set_image(self, image: np.ndarray, **kwargs: Any) -> None:
+        super().set_image(image)
+        raise RuntimeError("simulated model failure")
+
+
+@widget_row(
+    "widget-commit-after-rescale-mid-run",
+    "K right after a click while the image is rescaled and the plane is encoded",
+    "ok",
+)
+def _(ctx: Any) -> None:
+    w = ctx.dock(PLANE, predictor=GatedPredictor())
+    w.points.add([[20, 30]])
+    wait_encoding(w)
+    w.image.contrast_limits = (10, 200)  # the run in flight is now stale
+    press(w.viewer, "k")
+    w.predictor.release.set()
+    wait_idle(w)
+    # Done after the run, from the prompts on screen, with the new limits.
+    assert status(w).startswith("committed id(s) [8]"), status(w)
+    assert (w.labels.data == 8).sum() == 9 and len(w.points.data) == 0
+    assert w.widget.objects == []
+
+
+@widget_row("widget-commit-during-failing-run", "K while a run is on that then fails", "error")
+def _(ctx: Any) -> None:
+    w = ctx.dock(PLANE, predictor=FailingGatedPredictor())
+    shown: list[str] = []
+    w.monkeypatch.setattr("napari_mobilesam.widget.status_line.show_error", shown.append)
+    with unchanged(w.labels):
+        w.points.add([[20, 30]])
+        wait_encoding(w)
+        press(w.viewer, "k")
+        w.predictor.release.set()
+        wait_idle(w)
+    assert status(w).startswith("not committed: the run failed"), status(w)
+    assert len(shown) == 1 and "simulated model failure" in shown[0]
+    assert len(w.points.data) == 1  # the prompt is kept for another try
+
+
+@widget_row(
+    "widget-commit-then-image-removed",
+    "K while the plane is encoded, then the image layer is removed",
+    "no-op",
+)
+def _(ctx: Any) -> None:
+    w = ctx.dock(PLANE, predictor=GatedPredictor())
+    with unchanged(w.labels):
+        w.points.add([[20, 30]])
+        wait_encoding(w)
+        press(w.viewer, "k")
+        w.viewer.layers.remove(w.image)
+        w.predictor.release.set()
+        wait_idle(w)
+    assert status(w).startswith("not committed: Choose an image layer"), status(w)
 
 
 @widget_row(

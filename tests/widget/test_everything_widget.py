@@ -85,7 +85,9 @@ def status_of(widget) -> str:
 def test_segment_everything_writes_each_object_once_in_one_undo_step(dock, qtbot):
     viewer, image, widget, runner, made = dock(discs_image())
     runner.panel._min_size_spin.value = 0
+    assert widget._device_label.value == "not loaded yet"
     run_worker(qtbot, runner)
+    assert widget._device_label.value.startswith("cpu (")  # the run says where it ran
     labels = widget.labels_layer
     assert labels is not None
     data = labels.data

@@ -3,6 +3,8 @@ path with cancel, and background precompute that gives way to clicks."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from napari.layers import Labels
@@ -118,19 +120,39 @@ def test_stop_marker_and_plane_range(dock, blobs):
     assert "down: end of plane range" in status
 
 
+class GatedThreshold(ThresholdPredictor):
+    """Waits in ``predict`` once ``armed``, until the test opens the gate: a run can be
+    cancelled at a known step, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.waiting = threading.Event()
+        self.gate = threading.Event()
+
+    def predict(self, *args, **kwargs):
+        if self.armed:
+            self.waiting.set()
+            assert self.gate.wait(30), "the test never opened the gate"
+        return super().predict(*args, **kwargs)
+
+
 def test_propagation_worker_and_cancel(dock, blobs, qtbot):
     a, _, stack = blobs
-    slow = ThresholdPredictor(delay_s=0.05)
-    viewer, image, widget, points, _, _ = dock(stack, slow)
+    gated = GatedThreshold()
+    viewer, image, widget, points, _, _ = dock(stack, gated)
     go_to_plane(viewer, image, 10)
     points.add([[10, 20, 20]])
     widget.segment()
+    gated.armed = True  # the walk's first decode waits
     widget.stack.start_propagation()
     worker = widget.stack.worker
     assert worker is not None
-    with qtbot.waitSignal(worker.finished, timeout=5000):
-        qtbot.wait(60)
-        widget.cancel()
+    qtbot.waitUntil(gated.waiting.is_set, timeout=10000)
+    with qtbot.waitSignal(worker.finished, timeout=10000):
+        widget.cancel()  # while the worker is inside a step
+        gated.armed = False
+        gated.gate.set()
     assert widget.labels_layer is None or not widget.labels_layer.data.any()
     assert "cancelled" in widget._status_label.value
     # Run again and let it finish: Shift+P goes through the same worker path.

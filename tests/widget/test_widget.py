@@ -8,6 +8,7 @@ what the model says for these prompts" can.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -116,7 +117,7 @@ def test_docking_keys_prompt_layers_and_undocking(
     for key in (KEY_TOGGLE_POLARITY, KEY_NEXT_CANDIDATE, KEY_COMMIT, KEY_RESET):
         assert coerce_keybinding(key) in viewer.keymap
     assert widget.weights is None  # no weights file chosen: automatic, and the widget says so
-    assert "will download mobile_sam.pt" in widget._weights_warning.value
+    assert "first use downloads" in widget._weights_warning.value
     widget.set_weights("mobile_sam.pt")
     assert widget.weights.name == "mobile_sam.pt"
     assert "not found" in widget._weights_warning.value
@@ -241,7 +242,9 @@ def test_box_on_3d_stack_writes_one_slice_and_protects_labels(dock, reference) -
     np.testing.assert_array_equal(labels.data, before)
 
 
-def test_live_worker_newest_prompts_win_and_ui_keeps_running(dock, reference, qtbot) -> None:
+def test_live_worker_newest_prompts_win_and_ui_keeps_running(
+    dock, reference, shared_predictor, qtbot, monkeypatch
+) -> None:
     data = np.random.default_rng(5).integers(0, 255, (40, 50), dtype=np.uint8)
     viewer, image, widget = dock(data)
     points, _ = widget.create_prompt_layers()
@@ -255,31 +258,35 @@ def test_live_worker_newest_prompts_win_and_ui_keeps_running(dock, reference, qt
         return landed
 
     widget.interactive.apply_result = spy
-    ticks: list[float] = []
+    # The encode waits in the worker until the test opens the gate: while it waits, the event
+    # loop must keep running (a timer ticks, edits and keys are handled).
+    started, release = threading.Event(), threading.Event()
+    set_image = shared_predictor.set_image
+
+    def gated_set_image(image, **kwargs):
+        started.set()
+        assert release.wait(WORKER_TIMEOUT_MS / 1000), "the test never opened the gate"
+        return set_image(image, **kwargs)
+
+    monkeypatch.setattr(shared_predictor, "set_image", gated_set_image)
+    ticks: list[int] = []
     timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
+    timer.setInterval(1)
+    timer.timeout.connect(lambda: ticks.append(len(ticks)))
 
-    # (arrival time, encode seconds in the worker) of the one encode, whichever run does it:
-    # the first run may be stopped before it starts encoding, as clicks now run at once.
-    encoded_at: list[tuple[float, float]] = []
-    on_load = widget.interactive.on_load
-
-    def progress_spy(progress):
-        if progress.stage == "encoded" and not progress.cache_hit:
-            encoded_at.append((time.perf_counter(), progress.seconds))
-        return on_load(progress)
-
-    widget.interactive.on_load = progress_spy
     points.add([[10, 10]])
-    qtbot.waitUntil(lambda: widget.worker is not None, timeout=5000)
+    qtbot.waitUntil(started.is_set, timeout=WORKER_TIMEOUT_MS)  # a worker is in the encode
     first_worker = widget.worker
-    points.add([[20, 30]])  # while the first worker is still running
+    assert first_worker is not None
+    timer.start()
+    qtbot.waitUntil(lambda: len(ticks) >= 3, timeout=WORKER_TIMEOUT_MS)
+    points.add([[20, 30]])  # while the first worker is still encoding
     press(viewer, KEY_COMMIT)  # asks for a commit of whatever the newest prompts give
+    assert not release.is_set() and widget.labels_layer is None  # all of it during the encode
+    timer.stop()
+    release.set()
     qtbot.waitUntil(lambda: widget.labels_layer is not None, timeout=WORKER_TIMEOUT_MS)
     wait_idle(qtbot, widget)
-    timer.stop()
 
     assert first_worker is not widget.worker
     # Only results of the newest prompts land (the run after the commit has no prompts).
@@ -293,21 +300,6 @@ def test_live_worker_newest_prompts_win_and_ui_keeps_running(dock, reference, qt
     best = masks[int(np.argmax(scores))]
     np.testing.assert_array_equal(widget.labels_layer.data > 0, best)
     assert len(points.data) == 0
-
-    # The event loop's longest pause while the worker encoded the plane (the UI thread's own
-    # work, such as adding layers, is outside this window).
-    times = np.asarray(ticks)
-    ((arrived, encode_seconds),) = encoded_at
-    window = times[(times >= arrived - encode_seconds) & (times <= arrived)]
-    max_gap_ms = 1000 * float(np.diff(window).max())
-    print(
-        f"\nevent loop while encoding in the worker: {len(window)} ticks of 10 ms in "
-        f"{encode_seconds:.2f} s, max gap {max_gap_ms:.0f} ms; whole run max gap "
-        f"{1000 * np.diff(times).max():.0f} ms; the same encode in the main thread: "
-        f"{reference.encode_seconds:.2f} s"
-    )
-    assert len(window) > 10
-    assert max_gap_ms < 500
 
 
 def test_segment_button_cancel_and_stale_results(dock, reference, qtbot) -> None:

@@ -15,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import napari
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton
 from napari.layers import Image, Labels, Layer, Points, Shapes
 from qtpy.QtWidgets import QGridLayout, QWidget
 
 from napari_mobilesam.engine.predictor_loader import DEVICE_CHOICES, weights_path
 from napari_mobilesam.engine.runtime_status import available_runtimes
-from napari_mobilesam.widget.sections import FormSection, ScrollColumn, breakable, wrapping_label
+from napari_mobilesam.widget.sections import (
+    ElidedLabel,
+    FormSection,
+    ScrollColumn,
+    breakable,
+    wrapping_label,
+)
 
 POSITIVE_CHOICE = "positive (object)"
 NEGATIVE_CHOICE = "negative (background)"
@@ -32,13 +38,15 @@ NO_LAYER = "none"
 KEY_HELP = (
     ("click", "add a point"),
     ("R", "draw a box"),
-    ("N", "object / background"),
+    ("N", "object/background"),
     ("J", "next candidate"),
     ("K", "commit (one undo)"),
     ("Shift+R", "clear this plane"),
     ("Shift+P", "propagate (3D)"),
     ("Shift+O", "one object per point"),
 )
+
+WEIGHTS_HELP = "Empty: the environment variable, the cache, then a download."
 
 PROMPTS_HELP = (
     "Points layer (add mode): click an object; negative points mark background.\n"
@@ -71,7 +79,7 @@ class MobileSAMControls(Container):
         # Nullable: an empty field reads as None (a plain FileEdit would read as the cwd).
         self._weights_edit = FileEdit(
             mode="r", filter="MobileSAM weights (*.pt *.pth)", nullable=True,
-            tooltip="Empty: the environment variable, the cache, then a download.",
+            tooltip=WEIGHTS_HELP,
         )  # fmt: skip
         self._device_combo = ComboBox(choices=list(DEVICE_CHOICES), value="auto")
         runtimes, runtime_help = _runtime_choices()
@@ -96,10 +104,12 @@ class MobileSAMControls(Container):
         # Read-outs: long texts wrap instead of widening the dock and squeezing the canvas.
         self._status_label = wrapping_label("ready")
         self._scores_label = wrapping_label("-")
-        self._device_label = wrapping_label("not loaded yet")
+        # Paths and file names: one line, elided in the middle, the whole text in the tooltip.
+        self._device_label = ElidedLabel("not loaded yet")
         self._timing_label = wrapping_label("-")
         # Says which weights file will be used and why (field, environment, cache, download).
         self._weights_warning = wrapping_label("")
+        self._weights_file = ElidedLabel("")  # the file itself, under the line above
 
         self.prompts_section = FormSection("Layers and prompts")
         self.prompts_section.add_rows(
@@ -124,6 +134,7 @@ class MobileSAMControls(Container):
                 ("device", self._device_label),
                 ("timing", self._timing_label),
                 ("weights", self._weights_warning),
+                (None, self._weights_file),
             ]
         )
         self.model_section = FormSection("Model")
@@ -135,7 +146,7 @@ class MobileSAMControls(Container):
             ]
         )
         self.keys_section = FormSection("Keys", expanded=False)
-        self.keys_section.add_rows((key, Label(value=text)) for key, text in KEY_HELP)
+        self.keys_section.add_rows((key, wrapping_label(text)) for key, text in KEY_HELP)
 
         self._sections: list[FormSection] = []
         self._column = ScrollColumn()
@@ -191,7 +202,14 @@ class MobileSAMControls(Container):
         return None
 
     def _update_weights_warning(self, *_: Any) -> None:
-        self._weights_warning.value = breakable(weights_status(self.weights))
+        line, path, details = weights_status(self.weights)
+        self._weights_warning.value = breakable(line)
+        self._weights_warning.tooltip = details
+        self._weights_file.value = "" if path is None else str(path)
+        self._weights_file.setVisible(path is not None)
+        # The field shows the end of a long path at best: the whole path in its tooltip.
+        chosen = self.weights
+        self._weights_edit.tooltip = str(chosen) if chosen is not None else WEIGHTS_HELP
 
     def _set_combo(self, combo: ComboBox, layer: Layer | None) -> None:
         if layer is not None and layer not in self.viewer.layers:
@@ -308,19 +326,26 @@ class MobileSAMControls(Container):
         self._polarity_combo.value = POSITIVE_CHOICE if value else NEGATIVE_CHOICE
 
 
-def weights_status(path: Path | None) -> str:
-    """One line for the widget: which weights will be used, or what is wrong."""
+def weights_status(path: Path | None) -> tuple[str, Path | None, str]:
+    """Which weights will be used, or what is wrong: a short sentence for the widget, the file
+    (shown on its own line, elided in the middle), and the whole story for a tooltip."""
     from napari_mobilesam.engine.weights import WEIGHTS_SIZE, describe_resolution
 
     try:
         source = describe_resolution(path)
     except (OSError, RuntimeError) as exc:
-        return str(exc).split("\n")[0]
+        text = str(exc)
+        return text.split("\n")[0], None, text
     if source.needs_download:
-        return f"will download mobile_sam.pt ({WEIGHTS_SIZE / 1e6:.1f} MB) on first use"
-    if source.kind == "explicit path":
-        return f"{source.path.name} (the file chosen under Model)"
-    return f"{source.kind}: {source.path}"
+        line = f"first use downloads {WEIGHTS_SIZE / 1e6:.1f} MB to"
+    elif source.kind == "explicit path":
+        line = "the file chosen under Model"
+    elif source.kind == "cache":
+        line = "from the cache"
+    else:
+        # A break opportunity (zero-width space) after each "_": the name may wrap.
+        line = "from the environment variable " + source.kind.replace("_", "_\u200b")
+    return line, source.path, f"{source.path}\n{source.reason}"
 
 
 def _button_grid(*buttons: PushButton, columns: int = 2) -> QWidget:

@@ -171,10 +171,11 @@ class InteractiveRunner(WorkerRunner):
     def _cannot_run(self, exc: Exception) -> None:
         """The plane or the prompts cannot be read: say why; a pending commit is not done."""
         self.forget_objects()
+        status = self.host.status
         if self._commit_requested:
             self._drop_commit(str(exc))
-        else:
-            self.host.status.set(str(exc))
+        elif not (status.outcome_shown and str(exc) in status.text):
+            status.set(str(exc))  # ("not committed: <the same reason>" stays in view)
 
     def _model_steps(self, request: SegmentRequest) -> Generator[Progress, None, SegmentResult]:
         host = self.host

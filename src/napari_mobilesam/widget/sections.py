@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from magicgui.widgets import Label, Widget
+from magicgui.widgets import FileEdit, Label, Widget
 from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtWidgets import (
+    QAbstractSpinBox,
     QComboBox,
     QFormLayout,
     QFrame,
@@ -24,14 +25,20 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from superqt import QCollapsible
+from superqt import QCollapsible, QElidingLabel
 
 # Characters after which a long word (a file path) may wrap: a zero-width space is inserted.
 _BREAK_AFTER = ("/", "\\")
 _ZERO_WIDTH_SPACE = "\u200b"
-# Layer names can be long; combo boxes show this many characters and elide the rest, so a long
-# name never widens the dock.
-COMBO_CHARACTERS = 9
+# Layer names can be long; combo boxes show at least this many characters and elide the rest,
+# so a long name never widens the dock. The widest row sets the dock's minimum width, and
+# napari's first start sizes its window to the docks' widths plus the canvas: on a 1366 px
+# screen the dock has about 285 px (tests/widget/test_widget_frame.py checks it).
+COMBO_CHARACTERS = 6
+# Pixels an elided read-out keeps free at its right (see ElidedLabel).
+ELIDE_MARGIN = 10
+# Spin boxes hold short numbers: this minimum (before padding and buttons) is enough.
+SPIN_MIN_WIDTH = 40
 # QCollapsible indents its content by this much (superqt's default).
 _CONTENT_LEFT_MARGIN = 5
 # The column's minimum height (pixels); below its content's height it scrolls.
@@ -48,7 +55,11 @@ def breakable(text: str) -> str:
 def wrapping_label(value: str = "", **kwargs: Any) -> Label:
     """A read-out that wraps long text onto more lines instead of widening the dock."""
     label = Label(value=value, **kwargs)
-    native: QLabel = label.native
+    _wrap(label.native)
+    return label
+
+
+def _wrap(native: QLabel) -> None:
     native.setWordWrap(True)
     # Not selectable: a copy would carry the zero-width spaces of breakable() along.
     # An ignored width hint: the form gives the label its column's width and the label wraps to
@@ -56,7 +67,30 @@ def wrapping_label(value: str = "", **kwargs: Any) -> Label:
     policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
     policy.setHeightForWidth(True)
     native.setSizePolicy(policy)
-    return label
+
+
+class ElidedLabel(QElidingLabel):
+    """A one-line read-out for a path or file name: too long a text is elided in the middle,
+    so both of its ends stay readable, and the whole text is in the tooltip. It never widens
+    the dock. ``value`` reads and sets the text, as on a magicgui ``Label``."""
+
+    def __init__(self, value: str = "") -> None:
+        super().__init__()
+        self.setElideMode(Qt.TextElideMode.ElideMiddle)
+        # Elide to a little less than the label's width: napari's style pads labels, and the
+        # eliding counts the whole width.
+        self.setEllipsesWidth(ELIDE_MARGIN)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.value = value
+
+    @property
+    def value(self) -> str:
+        return self.text()
+
+    @value.setter
+    def value(self, text: str) -> None:
+        self.setText(text)
+        self.setToolTip(text)
 
 
 def _like_collapsible_content(body: QWidget) -> QWidget:
@@ -107,11 +141,21 @@ class FormSection:
         """Add ``control`` with ``label`` in the label column (``None``: across both columns)."""
         if isinstance(control, Widget):
             self._controls.append(control)
+        if isinstance(control, FileEdit):
+            # "Choose directory" alone is wider than a combo box; the dialog's title says it.
+            control.choose_btn.text = "Choose..."
+            control.choose_btn.tooltip = control._btn_text
         widget = _native(control)
         if isinstance(widget, QComboBox):
             policy = QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
             widget.setSizeAdjustPolicy(policy)
             widget.setMinimumContentsLength(COMBO_CHARACTERS)
+        elif isinstance(widget, QLabel) and not isinstance(widget, QElidingLabel):
+            _wrap(widget)  # a read-out never widens the dock, whichever section adds it
+        elif isinstance(widget, QAbstractSpinBox):
+            # napari's style gives every spin box a 70 px minimum (132 px with padding and
+            # buttons), which alone set the dock's width; the numbers here are short.
+            widget.setStyleSheet(f"QAbstractSpinBox {{ min-width: {SPIN_MIN_WIDTH}px; }}")
         if label is None:
             self.form.addRow(widget)
             return

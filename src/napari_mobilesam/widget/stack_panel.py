@@ -40,7 +40,7 @@ class StackPanel(FormSection):
             tooltip="What each next plane is prompted with, from the previous plane's mask.",
         )  # fmt: skip
         self._propagate_button = PushButton(
-            text="Propagate through stack (Shift+P)",
+            text="Propagate (Shift+P)",
             tooltip="Follow the previewed objects up and down the stack; one undo step.",
         )
         self._precompute_button = PushButton(
