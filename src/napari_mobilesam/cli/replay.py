@@ -25,7 +25,9 @@ EXAMPLES = """
 
         Writes OUT/project (a project folder napari opens) and OUT/replay.csv: one row per
         object with its IoU against the stored mask and its area change. With the weights and
-        runtime of the recording, the replayed labels equal the stored ones.
+        runtime of the recording, the replayed labels equal the stored ones. Without
+        --weights: the recorded weights file if it is still there, else as for the other
+        commands (environment, cache, download).
         """
 
 
@@ -100,6 +102,7 @@ def run_replay(args: argparse.Namespace) -> ReplaySummary:
     try:
         with ProjectStore.open(args.folder, writable=False) as store:
             manifest = store.manifest
+            recorded = [o.get("weights") for r in store.records for o in r.get("objects", [])]
     except ProjectError as exc:
         raise ReplayError(str(exc)) from exc
     source = open_source(_image_path(args, manifest))
@@ -109,13 +112,14 @@ def run_replay(args: argparse.Namespace) -> ReplaySummary:
             f"--image {source.name} has shape {(*source.leading_shape, *source.plane_shape)}; "
             f"the project's labels have {shape}"
         )
-    weights = None
-    if args.weights is not None:
-        from napari_mobilesam.engine.weights import resolve_weights
+    # Default: the recorded weights file where it still is, else the usual resolution.
+    weights = next((w for w in recorded if w and Path(w).is_file()), None)
+    if args.weights is not None or weights is None:
+        from napari_mobilesam.engine.weights import WeightsDownloadError, resolve_weights
 
         try:
             weights = resolve_weights(args.weights, progressbar=not args.quiet)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, WeightsDownloadError) as exc:
             raise ReplayError(str(exc)) from exc
     out = Path(args.out)
     if args.overwrite and (out / "project").exists():
