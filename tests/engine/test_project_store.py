@@ -193,3 +193,10 @@ def test_bad_shapes_and_dtypes_are_refused(tmp_path: Path) -> None:
     ProjectStore.create(tmp_path / "c", (5, 5)).close()
     with pytest.raises(ProjectError, match="already holds a project"):
         ProjectStore.create(tmp_path / "c", (5, 5))
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("the user's own file")
+    with pytest.raises(ProjectError, match="is not empty; choose a new or empty folder"):
+        ProjectStore.create(tmp_path / "d", (5, 5))
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["notes.txt"]
+    with pytest.raises(ProjectError, match="is a file"):
+        ProjectStore.create(tmp_path / "d" / "notes.txt", (5, 5))

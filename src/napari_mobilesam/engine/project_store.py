@@ -179,6 +179,14 @@ class ProjectStore:
                 f"{folder} already holds a project; open it to continue it, or choose an "
                 "empty folder."
             )
+        if folder.is_dir() and any(folder.iterdir()):
+            # A project writes several files and folders: never among the user's own files.
+            raise ProjectError(
+                f"{folder} is not empty; choose a new or empty folder for the project (for "
+                "example <image name>.mobilesam beside the image)."
+            )
+        if folder.exists() and not folder.is_dir():
+            raise ProjectError(f"{folder} is a file; choose a folder for the project.")
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,

@@ -45,6 +45,7 @@ from napari_mobilesam.engine.project_store import (
     ProjectError,
     ProjectStore,
     ProjectWriteError,
+    now_iso,
     package_version,
 )
 from napari_mobilesam.layers.labels_writer import (
@@ -377,7 +378,7 @@ class ProjectRecorder:
         common = {
             **self.model.record(),
             "package_version": package_version(),
-            "time": _now(),
+            "time": now_iso(),
         }
         if written.kind == "label_image":
             return self._label_image_records(written, common)
@@ -436,12 +437,6 @@ class ProjectRecorder:
         if history:
             self._undo.append(_Entry(self.last_step["step"], list(atoms)))
             self._redo.clear()
-
-
-def _now() -> str:
-    from napari_mobilesam.engine.project_store import now_iso
-
-    return now_iso()
 
 
 def _napari_warning(message: str) -> None:
