@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fast_decoder
 from .common import LayerNorm2d
 from .transformer import TwoWayTransformer
 
@@ -69,6 +70,9 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        # Set by model.inference.optimize_for_inference: forward() takes model.fast_decoder's
+        # path (same results within rounding, about half the work).
+        self.fast_path = False
 
     def forward(
         self,
@@ -93,6 +97,17 @@ class MaskDecoder(nn.Module):
         Returns:
           masks: (B, 3 or 1, 256, 256) low-res logits; iou_pred: (B, 3 or 1).
         """
+        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        if self.fast_path and not _tracing():
+            return fast_decoder.predict_masks(
+                self,
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                image_constants,
+                mask_slice,
+            )
         masks, iou_pred = self.predict_masks(
             image_embeddings,
             image_pe,
@@ -100,7 +115,6 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings,
             image_constants,
         )
-        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, mask_slice], iou_pred[:, mask_slice]
 
     def predict_masks(
@@ -136,3 +150,9 @@ class MaskDecoder(nn.Module):
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+def _tracing() -> bool:
+    """Whether a tracer or exporter is recording (it gets the module-by-module path)."""
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or compiling()
