@@ -1323,7 +1323,7 @@ propagate_row(
     "propagate-bad-iou",
     "PropagationSettings(min_iou=2)",
     lambda env: PropagationSettings(min_iou=2),
-    r"min_iou must be within \[0, 1\]",
+    r"min_iou must be a finite number in \[0, 1\]",
 )
 propagate_row(
     "propagate-start-outside",

@@ -146,6 +146,14 @@ def test_helpers():
         ({"min_iou": 1.5}, "min_iou"),
         ({"max_area_ratio": 0.5}, "max_area_ratio"),
         ({"max_empty": 0}, "max_empty"),
+        # NaN passes a plain comparison and would switch a stop rule off.
+        ({"min_iou": float("nan")}, r"min_iou must be a finite number in \[0, 1\]"),
+        ({"max_area_ratio": float("nan")}, "max_area_ratio"),
+        ({"max_area_ratio": float("inf")}, "max_area_ratio"),
+        ({"max_empty": float("nan")}, "max_empty"),
+        ({"max_empty": 2.5}, "max_empty"),
+        ({"min_area": float("nan")}, "min_area"),
+        ({"box_margin": -1}, "box_margin"),
     ],
 )
 def test_bad_settings(kwargs, message):

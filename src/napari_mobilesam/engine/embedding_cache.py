@@ -18,6 +18,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
+from napari_mobilesam.engine.parameter_checks import checked_whole
+
 MIB = 1024 * 1024
 DEFAULT_BUDGET_BYTES = 256 * MIB
 EMBEDDING_BYTES = 256 * 64 * 64 * 4
@@ -46,9 +48,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, max_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_bytes = int(max_bytes)
+        self.max_bytes = checked_whole("max_bytes", max_bytes, 0, 2**62)
         self._disk_folder: Any = None
         self._disk: Any = None
         self.hits = 0

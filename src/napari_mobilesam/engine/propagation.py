@@ -23,6 +23,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from scipy import ndimage
 
+from .parameter_checks import checked_number, checked_whole
+
 PromptMode = Literal["box+mask", "box", "point", "box+point", "mask+point"]
 PROMPT_MODES: tuple[str, ...] = ("box+mask", "box", "point", "box+point", "mask+point")
 
@@ -65,12 +67,13 @@ class PropagationSettings:
     def __post_init__(self) -> None:
         if self.prompt not in PROMPT_MODES:
             raise ValueError(f"prompt must be one of {PROMPT_MODES}, not {self.prompt!r}.")
-        if not 0.0 <= self.min_iou <= 1.0:
-            raise ValueError(f"min_iou must be within [0, 1], got {self.min_iou}.")
-        if self.max_area_ratio < 1.0:
-            raise ValueError(f"max_area_ratio must be >= 1, got {self.max_area_ratio}.")
-        if self.max_empty < 1:
-            raise ValueError(f"max_empty must be >= 1, got {self.max_empty}.")
+        # NaN would pass a plain comparison and switch its stop rule off: every number is
+        # checked to be finite and in range.
+        self.min_iou = checked_number("min_iou", self.min_iou, 0.0, 1.0)
+        self.max_area_ratio = checked_number("max_area_ratio", self.max_area_ratio, 1.0, 1e9)
+        self.max_empty = checked_whole("max_empty", self.max_empty, 1, 2**31)
+        self.min_area = checked_whole("min_area", self.min_area, 0, 2**62)
+        self.box_margin = checked_whole("box_margin", self.box_margin, 0, 2**31)
         self.stop_planes = frozenset(int(p) for p in self.stop_planes)
 
 
