@@ -80,3 +80,32 @@ def test_find_seeds_fills_an_editable_points_layer_in_each_point_mode(dock):
     for r, c in CENTRES:
         assert np.min(np.hypot(layer.data[:, 0] - r, layer.data[:, 1] - c)) <= 1.5
     assert len(widget.segment()) == 3
+
+
+def _rough_source(viewer):
+    data = np.zeros(SHAPE, np.int32)
+    data[6:19, 8:21] = 4
+    return viewer.add_layer(Labels(data, name="rough"))
+
+
+def test_refine_in_a_worker_writes_when_it_returns(dock, qtbot):
+    viewer, image, widget = dock
+    runner = widget.many
+    runner.panel._source_combo.value = _rough_source(viewer)
+    runner.start_refine()
+    assert runner.worker is not None and not runner.panel._refine_button.enabled
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=120_000)
+    assert runner.panel._refine_button.enabled
+    assert "refine:" in widget._status_label.value
+    assert widget.labels_layer is not None and set(np.unique(widget.labels_layer.data)) <= {0, 4}
+
+
+def test_refine_cancelled_writes_nothing(dock, qtbot):
+    viewer, image, widget = dock
+    runner = widget.many
+    runner.panel._source_combo.value = _rough_source(viewer)
+    runner.start_refine()
+    assert runner.stop()  # Cancel before the result arrives: whenever the worker stops
+    qtbot.waitUntil(lambda: runner.worker is None, timeout=120_000)
+    assert "cancelled" in widget._status_label.value
+    assert widget.labels_layer is None or not widget.labels_layer.data.any()
