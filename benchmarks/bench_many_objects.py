@@ -123,12 +123,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="torch threads (default torch's); 1 wastes no time in spin-waits on a loaded machine",
+    )  # fmt: skip
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
         "--only", choices=("points", "refine", "seeds"), action="append",
         help="run only these parts (repeatable; default all)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     info = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
