@@ -112,3 +112,28 @@ def test_a_project_opened_in_napari_continues_from_the_widget(docked, tmp_path: 
     assert [r["step"] for r in _records(folder)] == [1, 2]
     with ProjectStore.open(folder, writable=False) as store:
         assert np.array_equal(store.read_labels(), reopened.data)
+
+
+def test_a_disk_that_fills_up_later_is_reported_once(
+    docked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer, image, widget = docked
+    warnings: list[str] = []
+    monkeypatch.setattr(project_saving, "show_warning", warnings.append)
+    monkeypatch.setattr("napari_mobilesam.layers.project_recorder._napari_warning", warnings.append)
+    folder = tmp_path / "p.mobilesam"
+    widget.saving.panel.folder = folder
+    points, _ = widget.create_prompt_layers()
+    points.add([[10, 20]])
+    assert widget.segment_and_commit() == [1]
+
+    def full(target, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(project_store, "write_bytes_atomically", full)
+    for number, point in enumerate(([30, 40], [5, 5]), start=2):
+        points.add([point])
+        assert widget.segment_and_commit() == [number]
+    assert len(warnings) == 1 and "disk is full" in warnings[0]
+    monkeypatch.undo()
+    assert [r["step"] for r in _records(folder)] == [1]

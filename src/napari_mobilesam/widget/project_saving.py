@@ -159,6 +159,11 @@ class ProjectSaving:
             model.runtime, model.device = self.loader.runtime, self.loader.device
 
     def _failed(self, message: str) -> None:
+        """A save failed after saving had begun: said once; no new recorder for this folder
+        and layer (it would only fail again, or refuse the labels the folder lacks)."""
+        recorder = self.recorder
+        if recorder is not None and recorder.store is not None:
+            self._refused = (str(recorder.store.folder), id(recorder.labels))
         self._report(message.removeprefix("MobileSAM: "))
 
     def _report(self, message: str) -> None:
