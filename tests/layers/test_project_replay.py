@@ -124,10 +124,12 @@ def test_replay_lists_what_it_cannot_redo(recording, tmp_path: Path) -> None:
     path = copy / "records" / "000001.json"
     record = json.loads(path.read_text())
     record["objects"][0]["prompts"] = None  # as if written by a tool that kept no prompts
+    record["objects"][0]["runtime"] = "onnxruntime"
     path.write_text(json.dumps(record))
     result = replay_project(copy, lambda plane: data[plane], weights=SYNTHETIC_CHECKPOINT)
     (first,) = [o for o in result.objects if o.id == 1]
     assert first.replayed_area == 0 and first.note == "its prompts were not recorded"
+    assert any("onnxruntime encoder runtime" in note for note in result.skipped_steps)
     with pytest.raises(ValueError, match="weights: none given"):
         for path in (copy / "records").glob("*.json"):
             record = json.loads(path.read_text())

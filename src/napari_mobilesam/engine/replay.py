@@ -77,7 +77,14 @@ class ObjectChange:
 
 @dataclasses.dataclass
 class ReplayResult:
-    """The replayed volume and how every object compares with the stored one."""
+    """The replayed volume and how every object compares with the stored one.
+
+    Attributes:
+        labels: the replayed label volume.
+        stored: the project's label volume.
+        objects: per object, stored against replayed.
+        skipped_steps: steps not replayed (napari edits) and what may make the replay differ.
+    """
 
     labels: np.ndarray
     stored: np.ndarray
@@ -379,6 +386,12 @@ def replay_project(
                 changes.append((indices, old, np.full(old.shape, label_id, volume.dtype)))
         writes[step] = changes
         target.save(volume, changes, record)
+    runtimes = {o.get("runtime") for r in records for o in r.get("objects", [])} - {None, "torch"}
+    if runtimes:
+        skipped.append(
+            f"recorded with the {', '.join(sorted(runtimes))} encoder runtime; the replay ran "
+            "torch, so masks may differ by a few pixels"
+        )
     result = _compare(stored, volume, first_step, notes, skipped)
     target.finish(result)
     return result
