@@ -97,7 +97,7 @@ def wait_idle(qtbot, widget: MobileSAMWidget) -> None:
 def first_nonempty_candidate(widget: MobileSAMWidget) -> None:
     """Random weights can make the best-scored candidate empty; commits need pixels."""
     for _ in range(3):
-        if widget.objects[widget.interactive.active].mask.any():
+        if widget.objects[widget.interactive.shown.active].mask.any():
             return
         widget.next_candidate()
     pytest.fail("no candidate has pixels")

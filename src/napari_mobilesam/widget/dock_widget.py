@@ -202,7 +202,7 @@ class MobileSAMWidget(MobileSAMControls):
 
     def next_candidate(self) -> int | None:
         """Show the next of the current object's candidate masks; returns its index."""
-        return self.interactive.next_candidate()
+        return self.interactive.shown.next_candidate()
 
     def toggle_point_polarity(self) -> bool:
         """Switch new points between positive and negative; returns True for positive."""

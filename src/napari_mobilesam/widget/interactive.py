@@ -22,10 +22,8 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QWidget
 
 from napari_mobilesam.layers.labels_writer import LabelsError
-from napari_mobilesam.layers.layer_prompts import PlanePrompts
-from napari_mobilesam.layers.plane import PlaneError, PlaneRef
-from napari_mobilesam.layers.point_objects_layers import resolved_masks, resolved_objects
-from napari_mobilesam.layers.preview_layer import PreviewManager
+from napari_mobilesam.layers.plane import PlaneError
+from napari_mobilesam.layers.point_objects_layers import resolved_objects
 from napari_mobilesam.layers.segment import (
     Progress,
     SegmentedObject,
@@ -35,6 +33,7 @@ from napari_mobilesam.layers.segment import (
     drive,
 )
 from napari_mobilesam.widget import status_text
+from napari_mobilesam.widget.preview_objects import PreviewObjects
 from napari_mobilesam.widget.worker_runner import WorkerRunner
 from napari_mobilesam.widget.worker_steps import model_steps
 
@@ -50,6 +49,7 @@ class InteractiveRunner(WorkerRunner):
 
     Attributes:
         synchronous: run live updates in the UI thread instead of a worker (scripts, tests).
+        shown: the objects of the last applied run, as the preview layer shows them.
         preview: the ``MobileSAM preview`` layer's manager.
         timer: the debounce timer; its timeout starts a run.
         generation: bumped by every change of prompts, plane or settings.
@@ -58,14 +58,10 @@ class InteractiveRunner(WorkerRunner):
     def __init__(self, host: WidgetHost, parent: QWidget, scores: Label, timing: Label) -> None:
         super().__init__(host)
         self.synchronous = False
-        self.preview = PreviewManager(host.viewer)
+        self.shown = PreviewObjects(host, scores)
+        self.preview = self.shown.manager
         self.generation = 0
-        self._scores = scores
         self._timing = timing
-        self._objects: list[SegmentedObject] = []
-        self._objects_generation = -1
-        self._prompts: PlanePrompts | None = None
-        self._active = 0
         self._run_generation = -1
         self._rerun = False
         self._commit_requested = False
@@ -78,15 +74,10 @@ class InteractiveRunner(WorkerRunner):
     @property
     def objects(self) -> list[SegmentedObject]:
         """Objects of the last applied run, on the current plane."""
-        return list(self._objects)
-
-    @property
-    def active(self) -> int:
-        """The index of the object the candidate key acts on."""
-        return self._active
+        return list(self.shown.objects)
 
     def objects_are_current(self) -> bool:
-        return self._objects_generation == self.generation
+        return self.shown.generation == self.generation
 
     def invalidate(self, *_: Any, delay_ms: int = DEBOUNCE_MS) -> None:
         """The prompts, plane or settings changed: results in flight are now stale."""
@@ -99,7 +90,10 @@ class InteractiveRunner(WorkerRunner):
     # ------------------------------------------------------------------ synchronous
     def segment(self) -> list[SegmentedObject]:
         """Segment the prompts on the current plane now, in this thread; show the preview."""
-        self._stop_worker()
+        self.timer.stop()
+        self._rerun = False
+        if self.worker is not None:
+            self.worker.quit()  # its result will be stale
         self.generation += 1
         generation = self.generation
         request = self.host.capture_request()
@@ -170,7 +164,7 @@ class InteractiveRunner(WorkerRunner):
 
     def _cannot_run(self, exc: Exception) -> None:
         """The plane or the prompts cannot be read: say why; a pending commit is not done."""
-        self.forget_objects()
+        self.shown.forget()
         status = self.host.status
         if self._commit_requested:
             self._drop_commit(str(exc))
@@ -182,14 +176,8 @@ class InteractiveRunner(WorkerRunner):
         # The earlier objects let unchanged prompt groups be reused and extended ones refined.
         return model_steps(
             host.loader, host.weights, host.device, request, host.cache, host.multimask,
-            tuple(self._objects), host.each_point,
+            tuple(self.shown.objects), host.each_point,
         )  # fmt: skip
-
-    def _stop_worker(self) -> None:
-        self.timer.stop()
-        self._rerun = False
-        if self.worker is not None:
-            self.worker.quit()
 
     def cancel(self) -> None:
         """Stop the running worker and forget pending runs; a pending commit is not done."""
@@ -242,21 +230,7 @@ class InteractiveRunner(WorkerRunner):
         """Show a run's result unless something changed since it started; True if applied."""
         if generation != self.generation or self.host.closed:
             return False
-        earlier = self._objects
-        self._objects = list(result.objects)
-        self._objects_generation = generation
-        self._prompts = request.prompts
-        # The object whose prompts just changed is the one the candidate key acts on.
-        decoded = [
-            i
-            for i, obj in enumerate(self._objects)
-            if not any(obj.masks is old.masks for old in earlier)
-        ]
-        if decoded:
-            self._active = decoded[-1]
-        self._active = min(self._active, max(len(self._objects) - 1, 0))
-        self._draw_preview(request.plane)
-        self._scores.value = status_text.candidate_scores(self._objects, self._active)
+        self.shown.show(generation, request, result)
         timing = status_text.timing(result)
         if timing is not None:
             self._timing.value = timing
@@ -267,7 +241,7 @@ class InteractiveRunner(WorkerRunner):
         ):
             # A run with nothing to segment (the prompts were just used up by a commit, or
             # another plane is shown) leaves the last outcome in view.
-            self.host.status.set(status_text.run_summary(len(self._objects), request.prompts))
+            self.host.status.set(status_text.run_summary(len(self.shown.objects), request.prompts))
         self.host.status.show_device()
         self._settle_commit()
         return True
@@ -293,12 +267,12 @@ class InteractiveRunner(WorkerRunner):
             self.host.status.set(f"not committed: {exc}", outcome=True)
 
     def commit_now(self) -> list[int]:
-        if not self._objects:
+        if not self.shown.objects:
             self.host.status.set("nothing to commit", outcome=True)
             return []
         image = self.host.require_image()
         labels = self.host.target_labels(image)
-        objects = self._objects
+        objects = self.shown.objects
         if self.host.each_point:  # the pixels the overlap rule gives each object
             objects = resolved_objects(objects)
         report = commit_report(labels, objects, self.host.protect, image)
@@ -307,10 +281,10 @@ class InteractiveRunner(WorkerRunner):
 
     def finish_commit(self, message: str) -> None:
         """Report a commit, then clear the objects and remove the prompts that made them."""
-        prompts = self._prompts
+        prompts = self.shown.prompts
         self.host.status.info(message)
         self.host.status.set(message, outcome=True)
-        self.forget_objects()
+        self.shown.forget()
         if prompts is not None:
             used_shapes = tuple(g.shape_index for g in prompts.groups if g.shape_index is not None)
             self.remove_prompts(prompts.point_indices, used_shapes)
@@ -318,13 +292,13 @@ class InteractiveRunner(WorkerRunner):
     def reset(self) -> None:
         """Remove the prompts on the current plane and clear the preview."""
         self.cancel()
-        prompts = self._prompts
+        prompts = self.shown.prompts
         if prompts is None or not self.objects_are_current():
             try:
                 prompts = self.host.capture_request().prompts
             except (PlaneError, ValueError):
                 prompts = None
-        self.forget_objects()
+        self.shown.forget()
         if prompts is not None:
             self.remove_prompts(prompts.point_indices, prompts.shape_indices)
         self.host.status.set("reset")
@@ -339,33 +313,3 @@ class InteractiveRunner(WorkerRunner):
             if layer is not None and indices:
                 layer.selected_data = set(indices)
                 layer.remove_selected()
-
-    # ------------------------------------------------------------------ display
-    def next_candidate(self) -> int | None:
-        """Show the next of the current object's candidate masks; returns its index."""
-        if not self._objects:
-            return None
-        chosen = self._objects[min(self._active, len(self._objects) - 1)].cycle()
-        self._draw_preview(self._objects[0].plane)
-        self._scores.value = status_text.candidate_scores(self._objects, self._active)
-        return chosen
-
-    def _draw_preview(self, plane: PlaneRef) -> None:
-        image = self.host.image_layer
-        if not self._objects or image is None:
-            self.preview.clear()
-            return
-        if self.host.each_point:  # overlaps shown as they will be committed
-            masks = resolved_masks(self._objects)
-        else:
-            masks = [obj.mask for obj in self._objects]
-        self.preview.show(image, plane, masks)
-
-    def forget_objects(self) -> None:
-        """Drop the previewed objects (another image, or a commit used them)."""
-        self._objects = []
-        self._objects_generation = -1
-        self._prompts = None
-        self._active = 0
-        self.preview.clear()
-        self._scores.value = "-"

@@ -104,7 +104,7 @@ class LayerLinks:
             self._retarget_labels(image)
             widget.stack.image_changed(image)
         if image is None or widget.interactive.preview.image_id != str(image.unique_id):
-            widget.interactive.forget_objects()
+            widget.interactive.shown.forget()
         widget.stack.refresh_axes()
         widget.interactive.invalidate()
 
