@@ -135,3 +135,25 @@ def test_find_seeds_writes_an_editable_points_layer(scene):
     assert layer.features["positive"].all() and len(layer.data) == 3
     layer.add([[1, 3, 3]])  # editable as any prompt layer
     assert len(layer.data) == 4
+
+
+def test_300_points_on_1024_give_300_objects_in_one_preview_and_one_undo_step():
+    viewer = ViewerModel()
+    image = viewer.add_layer(Image(np.zeros((1024, 1024), np.uint8)))
+    rows, cols = np.meshgrid(np.arange(20, 1024, 55), np.arange(30, 1024, 55), indexing="ij")
+    data = np.stack([rows.ravel(), cols.ravel()], axis=1)[:300].astype(float)
+    points = viewer.add_layer(Points(data, features={"positive": np.ones(300, bool)}))
+    objects = segment_from_layers(
+        viewer, image, points, predictor=FakePredictor(), each_point=True, multimask_output=False
+    )
+    assert len(objects) == 300
+    from napari_mobilesam.layers.preview_layer import PreviewManager
+
+    preview = PreviewManager(viewer)
+    preview.show(image, objects[0].plane, resolved_masks(objects))
+    assert len(np.unique(preview.layer.data)) == 301
+    labels = viewer.add_layer(create_aligned_labels(image))
+    ids = commit_objects(labels, resolved_objects(objects))
+    assert len(ids) == 300
+    labels.undo()
+    assert not labels.data.any()
