@@ -200,8 +200,8 @@ def file_digest(paths: list[Path]) -> str:
     """SHA-256 over the contents of ``paths`` (in order), read in 1 MiB blocks.
 
     Kept with a graph's self-check result: a graph whose bytes changed on disk since it was
-    checked (bit rot, a partial copy, an edit) is not trusted. About 30 ms for the 24 MB
-    encoder graph (see the self-check notes in ``use_runtime``).
+    checked (bit rot, a partial copy, an edit) is not trusted. One read of the 22-27 MiB
+    graph files per :func:`use_runtime` (benchmarks/bench_runtime_click.py prints its cost).
     """
     digest = hashlib.sha256()
     for path in paths:
