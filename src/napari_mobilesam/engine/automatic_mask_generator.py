@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .decoder_precision import check_decoder_precision, decoder_autocast
 from .image_conversion import to_uint8_rgb
 from .mask_records import (
     PackedMask,
@@ -116,6 +117,8 @@ class SamAutomaticMaskGenerator:
         (8-connected regions) in every mask, then drop new duplicates.
       output_mode: "binary_mask" ((H, W) bool), "uncompressed_rle" (COCO RLE dict with a list of
         counts) or "coco_rle" (compressed, needs pycocotools).
+      decoder_precision: "fp32" (default) or "bf16", opt-in where the device has native bf16:
+        faster and approximate (bounds in :mod:`napari_mobilesam.engine.decoder_precision`).
     """
 
     logits_budget_bytes = 256 * 2**20  # crop-size float logits upscaled at a time
@@ -140,6 +143,7 @@ class SamAutomaticMaskGenerator:
         point_grids: Sequence[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
+        decoder_precision: str = "fp32",
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
             raise ValueError(
@@ -228,6 +232,9 @@ class SamAutomaticMaskGenerator:
         self.crop_n_points_downscale_factor = factor
         self.min_mask_region_area = min_mask_region_area
         self.output_mode = output_mode
+        self.decoder_precision = check_decoder_precision(
+            decoder_precision, self.predictor.model.device
+        )
 
     # ------------------------------------------------------------------ public entry points
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
@@ -384,16 +391,17 @@ class SamAutomaticMaskGenerator:
         low_res, iou = [], []
         for start in range(0, batch, max(1, step)):
             part = slice(start, start + step)
-            lr, io = model.mask_decoder(
-                image_embeddings=predictor.features,
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse[part],
-                dense_prompt_embeddings=dense[part],
-                multimask_output=True,
-                **extra,
-            )
-            low_res.append(lr)
-            iou.append(io)
+            with decoder_autocast(self.decoder_precision, predictor.device):
+                lr, io = model.mask_decoder(
+                    image_embeddings=predictor.features,
+                    image_pe=image_pe,
+                    sparse_prompt_embeddings=sparse[part],
+                    dense_prompt_embeddings=dense[part],
+                    multimask_output=True,
+                    **extra,
+                )
+            low_res.append(lr.float())
+            iou.append(io.float())
         return torch.cat(low_res), torch.cat(iou)
 
     @torch.inference_mode()
