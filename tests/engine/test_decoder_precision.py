@@ -118,3 +118,47 @@ def test_generator_bf16_finds_the_float32_masks(golden_model):
             _mask_iou(r["segmentation"], ref["segmentation"]).item() for r in records["bf16"]
         )
         assert best >= BF16_MIN_MASK_IOU
+
+
+def _write_image(tmp_path):
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(60, 10, (64, 64)).clip(0, 255).astype(np.uint8)
+    image[20:44, 16:40] = 200
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, image)
+    return path
+
+
+@pytest.mark.golden
+def test_cli_refuses_bf16_without_native_support(
+    monkeypatch, tmp_path, synthetic_checkpoint, capsys
+):
+    from napari_mobilesam.cli import main
+
+    monkeypatch.setattr(
+        decoder_precision, "bf16_decoder_supported", lambda device: (False, "no flags here")
+    )
+    argv = ["everything", str(_write_image(tmp_path)), "--out", str(tmp_path / "out")]
+    argv += ["--weights", str(synthetic_checkpoint), "--decoder-precision", "bf16", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--decoder-precision" in err and "no flags here" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "a.tif").exists()
+
+
+@needs_bf16
+@pytest.mark.golden
+def test_cli_everything_with_bf16(tmp_path, synthetic_checkpoint, capsys):
+    import tifffile
+
+    from napari_mobilesam.cli import main
+
+    argv = ["everything", str(_write_image(tmp_path)), "--out", str(tmp_path / "out")]
+    argv += ["--weights", str(synthetic_checkpoint), "--points-per-side", "2"]
+    argv += ["--decoder-precision", "bf16", "--quiet"]
+    assert main(argv) == 0
+    assert "everything: 1 done" in capsys.readouterr().out
+    assert tifffile.imread(tmp_path / "out" / "a.tif").shape == (64, 64)

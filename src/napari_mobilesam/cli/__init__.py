@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 128)",
     )
     everything.add_argument("--planes", metavar="A:B", help="only planes A..B-1 of stacks")
+    everything.add_argument(
+        "--decoder-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: faster, approximate mask decoding on devices with native bf16 (refused "
+        "elsewhere; bounds in docs/performance.md) (default fp32)",
+    )
     add_seed_arguments(everything)
     _common(everything)
 

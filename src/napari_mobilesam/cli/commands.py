@@ -75,6 +75,17 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     return ModelSpec(str(Path(weights).resolve()), args.device, 1)
 
 
+def _decoder_precision(args: argparse.Namespace) -> str:
+    """--decoder-precision, refused up front where the device cannot run it."""
+    from napari_mobilesam.engine.decoder_precision import check_decoder_precision
+    from napari_mobilesam.model.build import resolve_device
+
+    try:
+        return check_decoder_precision(args.decoder_precision, resolve_device(args.device))
+    except ValueError as exc:
+        raise UserError(f"--decoder-precision: {exc}") from exc
+
+
 def _weights_id(spec: ModelSpec) -> str:
     from napari_mobilesam.engine.weights import file_sha256
 
@@ -365,6 +376,10 @@ def run_everything(args: argparse.Namespace) -> Summary:
     }
     if args.tile_shape is not None:
         generator["tile_shape"] = args.tile_shape
+    if getattr(args, "decoder_precision", "fp32") != "fp32":
+        if getattr(args, "seed_options", None):
+            raise UserError("--decoder-precision applies to the point grid, not to --seeds")
+        generator["decoder_precision"] = _decoder_precision(args)
     if args.halo is not None:
         if args.tile_shape is None:
             raise UserError("--halo is the overlap of tiles: give --tile-shape too")
