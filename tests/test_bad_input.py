@@ -1901,7 +1901,7 @@ def _(ctx: Any) -> None:
         press(w.viewer, "k")
         w.predictor.release.set()
         wait_idle(w)
-    assert status(w).startswith("not committed: the run failed"), status(w)
+    assert status(w) == "not committed: the run failed: RuntimeError: simulated model failure"
     assert len(shown) == 1 and "simulated model failure" in shown[0]
     assert len(w.points.data) == 1  # the prompt is kept for another try
 

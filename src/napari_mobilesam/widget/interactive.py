@@ -34,6 +34,7 @@ from napari_mobilesam.layers.segment import (
 )
 from napari_mobilesam.widget import status_text
 from napari_mobilesam.widget.preview_objects import PreviewObjects
+from napari_mobilesam.widget.status_line import describe_error
 from napari_mobilesam.widget.worker_runner import WorkerRunner
 from napari_mobilesam.widget.worker_steps import model_steps
 
@@ -214,8 +215,8 @@ class InteractiveRunner(WorkerRunner):
 
     def on_error(self, exc: Exception) -> None:
         if self._commit_requested:
-            # The error itself is in the notification (shown once, by the host).
-            self._drop_commit("the run failed (see the notification)")
+            # The short reason; the details are in the notification (shown once, by the host).
+            self._drop_commit(f"the run failed: {describe_error(exc)[0]}")
 
     def on_finished(self) -> None:
         # Run again for newer prompts, or for a commit asked for while a now stale run was on.
