@@ -27,14 +27,13 @@ both). Autograd, tracing and export use that path; this one is for inference.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-if TYPE_CHECKING:
-    from .mask_decoder import MaskDecoder
-    from .transformer import Attention, TwoWayAttentionBlock
+# The modules this path reads (MaskDecoder, TwoWayAttentionBlock, Attention) are typed as
+# nn.Module: mask_decoder imports this module, so importing it back would be a cycle.
+Attention = TwoWayAttentionBlock = MaskDecoder = nn.Module
 
 
 def _heads(attn: Attention) -> tuple[int, int]:
