@@ -4,19 +4,27 @@ Run from the repository root::
 
     python benchmarks/bench_amg.py                      # 2 rounds, SAM defaults and 16x16
     python benchmarks/bench_amg.py --repeats 3 --json amg.json
-    python benchmarks/bench_amg.py --segment-anything   # also Meta's generator, if installed
+    python benchmarks/bench_amg.py --quick              # 16x16, one round (a few minutes)
 
 Every figure is the median over ``--repeats`` rounds of one full ``generate(image)`` call (image
 encoding included): wall seconds, and the process's CPU seconds (all threads together; less
 sensitive to other processes than wall time, about wall time x threads on a quiet machine).
 As in ``bench_core.py``, the paths are timed call by call in alternating
-order (forward in even rounds, backward in odd ones), so a change of machine load hits all of
-them alike. Paths:
+order (forward in even rounds, backward in odd ones), with one fp32 GEMM before each
+configuration of a round, so a change of machine load hits all of them alike. Paths:
 
+- ``segment-anything`` (the reference, left out with ``--no-segment-anything``): Meta's own
+  ``SamAutomaticMaskGenerator`` around our plain eager model with segment-anything's mask
+  upscaling: the original algorithm on modules equal to the original's;
 - ``eager fp32``: ``SamAutomaticMaskGenerator(build_mobile_sam(ckpt, optimize=False))``;
 - ``default``: ``SamAutomaticMaskGenerator(build_mobile_sam(ckpt))``, what the API uses;
-- ``segment-anything`` (with ``--segment-anything``): Meta's own ``SamAutomaticMaskGenerator``
-  (``pip install segment-anything``) around the ``default`` model, the original algorithm.
+- one row per installed encoder runtime (``use_runtime(default model, name)``);
+- ``bf16 decoder`` (CPUs with native bf16 only): the default model with
+  ``decoder_precision="bf16"``.
+
+``time / segment-anything`` is the row's time over the reference's; ``decoder / GEMM`` is
+prompts/s x the original decoder's GFLOP per prompt (counted with ``torch.utils.flop_counter``)
+divided by the fp32 GEMM rate of the same run (encoding included, so a lower bound).
 
 Configurations: segment-anything's defaults (32 x 32 = 1024 prompts, 3 masks each) and the same
 with 16 points per side (256 prompts). The ``vs original`` column compares with the original
@@ -40,17 +48,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import _load_average, cpu_model, peak_rss_mib  # noqa: E402
+from bench_core import (  # noqa: E402
+    _load_average,
+    cpu_model,
+    decoder_gflop_per_prompt,
+    installed_runtimes,
+    peak_rss_mib,
+)
 
 from napari_mobilesam.engine.automatic_mask_generator import (  # noqa: E402
     SamAutomaticMaskGenerator,
 )
+from napari_mobilesam.engine.decoder_precision import bf16_decoder_supported  # noqa: E402
 from napari_mobilesam.model.build import build_mobile_sam  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,22 +90,51 @@ def test_image(side: int = IMAGE_SIDE) -> np.ndarray:
     return np.stack([gray, np.roll(gray, 3, axis=1), gray // 2 + 60], axis=-1)
 
 
-def make_generators(checkpoint: Path | None, with_sa: bool) -> dict[str, Callable[[int], object]]:
-    """Path name -> factory of a generator with ``points_per_side`` (SAM defaults otherwise)."""
-    eager = build_mobile_sam(checkpoint, device="cpu", optimize=False)
-    default = build_mobile_sam(checkpoint, device="cpu")
-    paths: dict[str, Callable[[int], object]] = {
-        "eager fp32": lambda n: SamAutomaticMaskGenerator(eager, points_per_side=n),
-        "default": lambda n: SamAutomaticMaskGenerator(default, points_per_side=n),
-    }
-    if with_sa:
+def make_generators(
+    checkpoint: Path | None, with_sa: bool, only: str | None = None
+) -> dict[str, Callable[[int], object]]:
+    """Path name -> factory of a generator with ``points_per_side`` (SAM defaults otherwise).
+
+    ``only``: build just that path's model (the fresh-process memory run).
+    """
+    paths: dict[str, Callable[[int], object]] = {}
+
+    def wanted(name: str) -> bool:
+        return only is None or only == name
+
+    if with_sa and wanted("segment-anything"):
         try:
+            from bench_core import segment_anything_predictor
             from segment_anything import SamAutomaticMaskGenerator as MetaGenerator
         except ImportError:
             print("segment-anything is not installed; its column is left out")
         else:
-            paths["segment-anything"] = lambda n: MetaGenerator(default, points_per_side=n)
+            # The original algorithm on modules equal to the original's (plain eager model,
+            # segment-anything's own mask upscaling).
+            meta = segment_anything_predictor(checkpoint, torch.device("cpu")).model
+            paths["segment-anything"] = lambda n: MetaGenerator(meta, points_per_side=n)
+    if wanted("eager fp32"):
+        eager = build_mobile_sam(checkpoint, device="cpu", optimize=False)
+        paths["eager fp32"] = lambda n: SamAutomaticMaskGenerator(eager, points_per_side=n)
+    if wanted("default") or wanted("bf16 decoder"):
+        default = build_mobile_sam(checkpoint, device="cpu")
+        if wanted("default"):
+            paths["default"] = lambda n: SamAutomaticMaskGenerator(default, points_per_side=n)
+        if bf16_decoder_supported("cpu")[0]:
+            paths["bf16 decoder"] = lambda n: SamAutomaticMaskGenerator(
+                default, points_per_side=n, decoder_precision="bf16"
+            )
+    for runtime in installed_runtimes():
+        if wanted(runtime):
+            from napari_mobilesam import use_runtime
+
+            model = use_runtime(build_mobile_sam(checkpoint, device="cpu"), runtime)
+            paths[runtime] = partial(_generator, model)
     return paths
+
+
+def _generator(model: object, n: int) -> SamAutomaticMaskGenerator:
+    return SamAutomaticMaskGenerator(model, points_per_side=n)
 
 
 def time_rounds(
@@ -99,10 +144,16 @@ def time_rounds(
     samples: dict[str, dict[str, list[float]]] = {c: {p: [] for p in paths} for c in CONFIGS}
     cpu: dict[str, dict[str, list[float]]] = {c: {p: [] for p in paths} for c in CONFIGS}
     counts: dict[str, dict[str, int]] = {c: {} for c in CONFIGS}
+    gemm: list[float] = []
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.mm(a, b)
     names = list(paths)
     for round_ in range(repeats):
         order = names if round_ % 2 == 0 else names[::-1]
         for config, n in CONFIGS.items():
+            start = time.perf_counter()
+            torch.mm(a, b)  # the machine's fp32 GEMM rate over the same stretch of time
+            gemm.append(2 * 2048**3 / (time.perf_counter() - start) / 1e9)
             for name in order:
                 generator = paths[name](n)
                 start, cpu_start = time.perf_counter(), time.process_time()
@@ -111,11 +162,11 @@ def time_rounds(
                 cpu[config][name].append(time.process_time() - cpu_start)
                 counts[config][name] = len(records)
                 print(f"  round {round_}: {config}, {name}: {samples[config][name][-1]:.1f} s")
-    return {"seconds": samples, "cpu_seconds": cpu, "masks": counts}
+    return {"seconds": samples, "cpu_seconds": cpu, "masks": counts, "gemm_gflops": gemm}
 
 
 def rss_child(name: str, checkpoint: Path | None) -> dict[str, float]:
-    paths = make_generators(checkpoint, with_sa=name == "segment-anything")
+    paths = make_generators(checkpoint, with_sa=name == "segment-anything", only=name)
     image = test_image()
     paths[name](16).generate(image)
     return {"peak_rss_mib": peak_rss_mib()}
@@ -132,14 +183,16 @@ def fresh_process_rss(name: str, checkpoint: Path | None) -> float | None:
     return None
 
 
-def format_table(timing: dict, rss: dict[str, float | None]) -> str:
+def format_table(timing: dict, rss: dict[str, float | None], gflop: float) -> str:
     names = list(next(iter(timing["seconds"].values())))
-    header = ["configuration", "path", "s (median)", "CPU s", "prompts/s", "masks", "vs eager"]
-    header += ["vs original", "peak RSS MiB"]
+    reference = "segment-anything" if "segment-anything" in names else "eager fp32"
+    gemm = statistics.median(timing["gemm_gflops"])
+    header = ["configuration", "path", "s (median)", "CPU s", "prompts/s", "masks"]
+    header += [f"time / {reference}", "decoder / GEMM", "vs original", "peak RSS MiB"]
     rows = [header]
     for config, n in CONFIGS.items():
         prompts = n * n
-        base = statistics.median(timing["seconds"][config]["eager fp32"])
+        base = statistics.median(timing["seconds"][config][reference])
         for name in names:
             seconds = statistics.median(timing["seconds"][config][name])
             rows.append(
@@ -150,7 +203,8 @@ def format_table(timing: dict, rss: dict[str, float | None]) -> str:
                     f"{statistics.median(timing['cpu_seconds'][config][name]):.1f}",
                     f"{prompts / seconds:.1f}",
                     str(timing["masks"][config][name]),
-                    f"{base / seconds:.2f}x",
+                    f"{seconds / base:.2f}",
+                    f"{prompts / seconds * gflop / gemm:.2f}",
                     f"{ORIGINAL_S_PER_PROMPT * prompts / seconds:.2f}x",
                     f"{rss[name]:.0f}" if n == 16 and rss.get(name) else "-",
                 ]
@@ -171,16 +225,28 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.is_file() else None,
     )
-    parser.add_argument("--segment-anything", action="store_true", help="add Meta's generator")
+    parser.add_argument(
+        "--segment-anything", action="store_true", help="(default; kept for old command lines)"
+    )
     parser.add_argument("--no-rss", action="store_true", help="skip the fresh-process memory")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--quick", action="store_true", help="16x16 only, one round, no memory rows (minutes)"
+    )
+    parser.add_argument(
+        "--no-segment-anything", action="store_true", help="leave out the reference generator"
+    )
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child is not None:
         print(RSS_PREFIX + json.dumps(rss_child(args.rss_child, args.checkpoint)), flush=True)
         return 0
 
+    if args.quick:
+        args.repeats, args.no_rss = 1, True
+        CONFIGS.pop("SAM defaults (32x32)", None)
     load_start = _load_average()
+    flops = decoder_gflop_per_prompt(args.checkpoint)
     started = time.perf_counter()
     print(
         f"napari-mobilesam automatic mask generation benchmark, {_dt.datetime.now():%Y-%m-%d %H:%M}"
@@ -191,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()}), checkpoint: {args.checkpoint or 'random weights'}"
     )
     image = test_image()
-    paths = make_generators(args.checkpoint, args.segment_anything)
+    paths = make_generators(args.checkpoint, not args.no_segment_anything)
     timing = time_rounds(paths, image, args.repeats)
     del paths
     rss = (
@@ -203,7 +269,13 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     print()
-    print(format_table(timing, rss))
+    print(format_table(timing, rss, flops["reference"]))
+    print(
+        f"fp32 GEMM 2048x2048: {statistics.median(timing['gemm_gflops']):.1f} GFLOP/s (median "
+        f"over the run); decoder / GEMM = prompts/s x {flops['reference']:.2f} GFLOP (the "
+        "original decoder per 1-point multimask prompt, torch.utils.flop_counter) / GEMM, "
+        f"encoding included; the default decoder executes {flops['executed']:.2f} GFLOP"
+    )
     load_end = _load_average()
     print(
         f"\n{args.repeats} round(s), total {time.perf_counter() - started:.0f} s; load average "

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +46,7 @@ import numpy as np
 import torch
 
 from napari_mobilesam import SamPredictor, build_mobile_sam
+from napari_mobilesam.engine.decoder_precision import bf16_decoder_supported
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT.parent / "shared" / "golden" / "synthetic_mobile_sam.pt"
@@ -52,7 +55,7 @@ DEFAULT_CHECKPOINT = REPO_ROOT.parent / "shared" / "golden" / "synthetic_mobile_
 # multiply-adds at 1024x1024 (about 38.7 G) counted as 2 FLOPs each; the click figure is the
 # same count for the prompt encoder + two-way mask decoder on one prompt (about 1.8 G MACs).
 ENCODER_GFLOP = 77.5
-CLICK_GFLOP = 3.6
+CLICK_GFLOP = 3.55  # replaced at run time by decoder_gflop_per_prompt() (flop_counter)
 
 IMAGE_HW = (480, 640)  # the set_image / click benchmarks use an image of this (H, W)
 N_BATCH_PROMPTS = 64
@@ -360,6 +363,7 @@ def bench_paths(
         batch_ms = float(result["batch_ms"])
         result["batch_per_prompt_ms"] = batch_ms / N_BATCH_PROMPTS
         result["batch_gflops"] = N_BATCH_PROMPTS * CLICK_GFLOP / (batch_ms * 1e-3)
+        result["batch_vs_gemm"] = result["batch_gflops"] / gemm
     return results
 
 
@@ -375,17 +379,105 @@ def default_paths(checkpoint: Path | None) -> list[BenchPath]:
     def fp16_autocast(device: torch.device) -> contextlib.AbstractContextManager:
         return torch.autocast(device_type=device.type, dtype=torch.float16)
 
-    return [
+    def bf16_decoder(device: torch.device) -> SamPredictor:
+        model = build_mobile_sam(checkpoint, device=device)
+        return SamPredictor(model, decoder_precision="bf16")
+
+    paths = []
+    if importlib.util.find_spec("segment_anything") is not None:
+        paths.append(
+            BenchPath(
+                "segment-anything",
+                partial(segment_anything_predictor, checkpoint),
+                description="segment-anything's SamPredictor on build_mobile_sam(optimize="
+                "False), with segment-anything's own mask upscaling: the reference",
+            )
+        )
+    paths += [
         BenchPath("eager fp32", eager_fp32, description="build_mobile_sam(optimize=False)"),
         BenchPath("default", default, description="build_mobile_sam() as the plugin uses it"),
+    ]
+    for runtime in installed_runtimes():
+        paths.append(
+            BenchPath(
+                runtime,
+                partial(runtime_predictor, checkpoint, runtime),
+                device_types=("cpu",),
+                description=f"default model, use_runtime(model, {runtime!r}) (encoder only)",
+            )
+        )
+    if bf16_decoder_supported("cpu")[0]:
+        paths.append(
+            BenchPath(
+                "bf16 decoder",
+                bf16_decoder,
+                device_types=("cpu",),
+                description="default model, SamPredictor(decoder_precision='bf16')",
+            )
+        )
+    paths.append(
         BenchPath(
             "fp16 autocast",
             default,
             context=fp16_autocast,
             device_types=("cuda",),
             description="default model under torch.autocast(float16), CUDA only",
-        ),
-    ]
+        )
+    )
+    return paths
+
+
+def segment_anything_predictor(checkpoint: Path | None, device: torch.device) -> object:
+    """segment-anything's SamPredictor on our plain eager model: the original algorithm.
+
+    The eager model's modules equal the original's; its mask upscaling is replaced by
+    segment-anything's own (full 1024x1024 upsampling, then crop and resize).
+    """
+    from segment_anything import SamPredictor as MetaPredictor
+    from segment_anything.modeling import Sam as MetaSam
+
+    model = build_mobile_sam(checkpoint, device=device, optimize=False)
+    model.postprocess_masks = types.MethodType(MetaSam.postprocess_masks, model)
+    return MetaPredictor(model)
+
+
+def installed_runtimes() -> list[str]:
+    """The encoder runtimes other than torch that are installed here."""
+    from napari_mobilesam import available_runtimes
+
+    return [name for name, s in available_runtimes().items() if name != "torch" and s.available]
+
+
+def runtime_predictor(checkpoint: Path | None, runtime: str, device: torch.device) -> SamPredictor:
+    from napari_mobilesam import use_runtime
+
+    return SamPredictor(use_runtime(build_mobile_sam(checkpoint, device=device), runtime))
+
+
+def decoder_gflop_per_prompt(checkpoint: Path | None = None) -> dict[str, float]:
+    """GFLOP of one 1-point multimask prompt (torch.utils.flop_counter, multiply-add = 2).
+
+    ``reference``: the plain module-by-module decoder (the original algorithm); ``executed``:
+    what the default model's decoder runs with the predictor's per-image constants.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for name, optimize in (("reference", False), ("executed", True)):
+        predictor = SamPredictor(build_mobile_sam(checkpoint, device="cpu", optimize=optimize))
+        predictor.set_image_embedding(torch.zeros(1, 256, 64, 64), (1024, 1024))
+        coords = torch.full((1, 1, 2), 500.0)
+        labels = torch.ones(1, 1, dtype=torch.int)
+        model = predictor.model
+        with torch.inference_mode():
+            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            image_pe, constants = predictor._decoder_constants()
+            if name == "reference":
+                image_pe, constants = model.prompt_encoder.get_dense_pe(), None
+            with FlopCounterMode(display=False) as counter:
+                model.mask_decoder(predictor.features, image_pe, sparse, dense, True, constants)
+        out[name] = counter.get_total_flops() / 1e9
+    return out
 
 
 def paths_for(paths: list[BenchPath], device: torch.device) -> list[BenchPath]:
@@ -475,14 +567,15 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("encoder_vs_gemm", "  / GEMM rate", "x", "{:.3f}"),
     ("set_image_ms", "set_image {h}x{w} (resize+norm+encode)", "ms", "{:.1f}"),
     ("click_multi_ms", "click, 1 point, multimask on", "ms", "{:.2f}"),
-    ("click_multi_gflops", "  effective (3.6 GFLOP/click)", "GFLOP/s", "{:.1f}"),
+    ("click_multi_gflops", "  effective ({dec} GFLOP/click)", "GFLOP/s", "{:.1f}"),
     ("click_multi_vs_gemm", "  / GEMM rate", "x", "{:.3f}"),
     ("click_single_ms", "click, 1 point, multimask off", "ms", "{:.2f}"),
-    ("click_single_gflops", "  effective (3.6 GFLOP/click)", "GFLOP/s", "{:.1f}"),
+    ("click_single_gflops", "  effective ({dec} GFLOP/click)", "GFLOP/s", "{:.1f}"),
     ("click_single_vs_gemm", "  / GEMM rate", "x", "{:.3f}"),
     ("batch_ms", "{n} prompts, predict_torch, multimask {mm}", "ms", "{:.1f}"),
     ("batch_per_prompt_ms", "  per prompt", "ms", "{:.2f}"),
-    ("batch_gflops", "  effective (3.6 GFLOP/prompt)", "GFLOP/s", "{:.1f}"),
+    ("batch_gflops", "  effective ({dec} GFLOP/prompt)", "GFLOP/s", "{:.1f}"),
+    ("batch_vs_gemm", "  decoder efficiency: / GEMM rate", "x", "{:.3f}"),
     ("rss_import_mib", "fresh process: RSS after imports", "MiB", "{:.0f}"),
     ("rss_build_mib", "  RSS after model build", "MiB", "{:.0f}"),
     ("child_peak_rss_mib", "  peak RSS (+set_image, {clicks} clicks)", "MiB", "{:.0f}"),
@@ -537,6 +630,7 @@ def format_table(results: list[dict], gemm_size: int) -> str:
         "n": N_BATCH_PROMPTS,
         "mm": "on" if BATCH_MULTIMASK else "off",
         "clicks": N_RSS_CLICKS,
+        "dec": f"{CLICK_GFLOP:.2f}",
     }
     lines = [header]
     for key, label, unit, fmt in ROWS:
@@ -662,7 +756,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="internal: measure memory of the path named PATH in this (fresh) process, print "
         "one JSON line and exit",
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 timed runs after 1 warm-up, no fresh-process rows (a few minutes)",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup, args.no_rss = 3, 1, True
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
     return args
@@ -684,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     devices = resolve_devices(args.device)
     started = time.perf_counter()
+    global CLICK_GFLOP
+    flops = decoder_gflop_per_prompt(args.checkpoint)
+    CLICK_GFLOP = flops["reference"]
     meta = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -700,10 +804,16 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "encoder_gflop": ENCODER_GFLOP,
         "click_gflop": CLICK_GFLOP,
+        "decoder_gflop_executed_by_default": flops["executed"],
     }
     print(f"napari-mobilesam core benchmark, {meta['date']}")
     print(f"python {meta['python']}, torch {meta['torch']}, {meta['platform']}")
     print(f"checkpoint: {meta['checkpoint']}")
+    print(
+        f"decoder per 1-point multimask prompt (torch.utils.flop_counter): {CLICK_GFLOP:.2f} "
+        f"GFLOP as the original algorithm computes it (the rates below use this figure), "
+        f"{flops['executed']:.2f} GFLOP executed by the default model's decoder"
+    )
     print(f"medians of {args.repeats} runs after {args.warmup} warm-up runs")
 
     all_paths = default_paths(args.checkpoint)
