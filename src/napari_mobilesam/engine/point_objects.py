@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .decoder_precision import decoder_autocast
 from .mask_records import PackedMask
 from .predictor import _check_near_image
 from .prompt_checks import as_float_array, as_mask_input, check_labels
@@ -214,16 +215,18 @@ def _decode_low_res(
     low_res, iou = [], []
     for start in range(0, batch, step):
         part = slice(start, start + step)
-        lr, io = model.mask_decoder(
-            image_embeddings=predictor.features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse[part],
-            dense_prompt_embeddings=dense[part],
-            multimask_output=multimask_output,
-            image_constants=constants,
-        )
-        low_res.append(lr)
-        iou.append(io)
+        # The predictor's decoder precision (fp32, or an opt-in bf16 autocast), as predict's.
+        with decoder_autocast(getattr(predictor, "decoder_precision", "fp32"), predictor.device):
+            lr, io = model.mask_decoder(
+                image_embeddings=predictor.features,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse[part],
+                dense_prompt_embeddings=dense[part],
+                multimask_output=multimask_output,
+                image_constants=constants,
+            )
+        low_res.append(lr.float())
+        iou.append(io.float())
     return torch.cat(low_res), torch.cat(iou)
 
 
