@@ -177,7 +177,8 @@ def _read_only_folder(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path))
 
-    monkeypatch.setattr("tempfile.mkstemp", refuse)  # root ignores chmod: refuse as an OS would
+    # Root ignores chmod, so refuse the write as the OS would refuse it to a user.
+    monkeypatch.setattr("napari_mobilesam.engine.disk_cache.write_atomically", refuse)
     return tmp_path
 
 
