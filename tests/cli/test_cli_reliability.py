@@ -405,10 +405,19 @@ def test_a_run_that_ends_normally_is_not_130(
 
 def test_everything_defaults_to_the_plugins_cpu_grid(capsys) -> None:
     from napari_mobilesam.cli import build_parser
+    from napari_mobilesam.engine.everything import CPU_EVERYTHING_DEFAULTS
     from napari_mobilesam.layers.everything_layers import CPU_DEFAULTS
 
     args = build_parser().parse_args(["everything", "x.tif", "--out", "o"])
     assert args.points_per_side == CPU_DEFAULTS.points_per_side == 16
+    # Every default the widget's "CPU defaults" button sets is the command line's default too.
+    for name, value in CPU_EVERYTHING_DEFAULTS.items():
+        assert getattr(args, name) == getattr(CPU_DEFAULTS, name) == value, name
+    for bad in ("nan", "1.5", "-0.1", "x"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(
+                ["everything", "x.tif", "--out", "o", "--pred-iou-thresh", bad]
+            )
     with pytest.raises(SystemExit):
         build_parser().parse_args(["everything", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -16,8 +16,12 @@ from napari_mobilesam.cli import arguments as types
 from napari_mobilesam.engine.predictor_loader import DEVICE_CHOICES
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-# The widget's CPU default (layers.everything_layers.CPU_DEFAULTS): about 4x quicker than 32.
+# The widget's CPU defaults (engine.everything.CPU_EVERYTHING_DEFAULTS): about 4x quicker than
+# segment-anything's 32 points per side. Spelt out here so that --help needs no torch import.
 EVERYTHING_POINTS_PER_SIDE = 16
+EVERYTHING_PRED_IOU_THRESH = 0.86
+EVERYTHING_STABILITY_SCORE_THRESH = 0.92
+EVERYTHING_MIN_SIZE = 25
 
 EXAMPLES = {
     "embed": """
@@ -164,6 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {EVERYTHING_POINTS_PER_SIDE}, the plugin's CPU default; 32 is "
         "segment-anything's). On a CPU expect about 17 s per 1024 x 1024 image (or tile) at "
         "16 and 70 s at 32 (2 cores, benchmarks/README.md)",
+    )
+    everything.add_argument(
+        "--pred-iou-thresh",
+        type=types.fraction,
+        default=EVERYTHING_PRED_IOU_THRESH,
+        metavar="T",
+        help=f"keep masks whose predicted IoU is above T, 0 to 1 (default "
+        f"{EVERYTHING_PRED_IOU_THRESH}, the plugin's CPU default; segment-anything's is 0.88)",
+    )
+    everything.add_argument(
+        "--stability-score-thresh",
+        type=types.fraction,
+        default=EVERYTHING_STABILITY_SCORE_THRESH,
+        metavar="T",
+        help=f"keep masks whose stability score is at least T, 0 to 1 (default "
+        f"{EVERYTHING_STABILITY_SCORE_THRESH}; segment-anything's is 0.95)",
+    )
+    everything.add_argument(
+        "--min-size",
+        type=types.whole_number(0, 10**9),
+        default=EVERYTHING_MIN_SIZE,
+        metavar="N",
+        help=f"drop objects with fewer than N visible pixels (default {EVERYTHING_MIN_SIZE})",
     )
     everything.add_argument(
         "--tile-shape", type=types.tile_shape, metavar="H,W", help="tile large images"

@@ -59,6 +59,17 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def fraction(text: str) -> float:
+    """A finite number from 0 to 1 (a threshold on predicted IoU or stability)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        _fail(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def tile_shape(text: str) -> tuple[int, int]:
     """``H,W``: two whole numbers of at least :data:`MIN_TILE` pixels."""
     parts = [p.strip() for p in text.split(",")]

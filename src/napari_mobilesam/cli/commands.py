@@ -372,7 +372,10 @@ def run_everything(args: argparse.Namespace) -> Summary:
     out = _prepare_out(args)
     # --seeds (cli/refine.py's with_seed_options) replaces the grid by seeds.
     generator: dict = getattr(args, "seed_options", None) or {
-        "points_per_side": args.points_per_side
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "min_size": args.min_size,
     }
     if args.tile_shape is not None:
         generator["tile_shape"] = args.tile_shape

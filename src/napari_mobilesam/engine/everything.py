@@ -47,6 +47,17 @@ from .tiling import Tile, deduplicate, keep_for_tile, make_tiles
 
 DEFAULT_HALO = 128  # px on each side of a tile: objects up to about 256 px across stay whole
 
+#: "Segment everything" as the widget and the command line run it by default on a CPU: a
+#: quarter of segment-anything's prompts (16 x 16 instead of 32 x 32, about 4x quicker) with
+#: slightly lower thresholds, which keep objects that a sparser grid hits less squarely, and
+#: objects under 25 visible pixels dropped. segment-anything's own defaults: 32, 0.88, 0.95, 0.
+CPU_EVERYTHING_DEFAULTS: dict[str, Any] = {
+    "points_per_side": 16,
+    "pred_iou_thresh": 0.86,
+    "stability_score_thresh": 0.92,
+    "min_size": 25,
+}
+
 
 class SegmentationCancelled(Cancelled):
     """Raised by :func:`segment_everything` when ``cancel`` asked it to stop; nothing is

@@ -23,6 +23,7 @@ import numpy as np
 
 from napari_mobilesam.engine.embedding_cache import EmbeddingCache
 from napari_mobilesam.engine.everything import (
+    CPU_EVERYTHING_DEFAULTS,
     EverythingProgress,
     link_to_previous,
     segment_everything_steps,
@@ -50,10 +51,10 @@ class EverythingSettings:
         whole_stack: every plane along the stack axis instead of the current plane only.
     """
 
-    points_per_side: int = 16
-    pred_iou_thresh: float = 0.86
-    stability_score_thresh: float = 0.92
-    min_size: int = 25
+    points_per_side: int = CPU_EVERYTHING_DEFAULTS["points_per_side"]
+    pred_iou_thresh: float = CPU_EVERYTHING_DEFAULTS["pred_iou_thresh"]
+    stability_score_thresh: float = CPU_EVERYTHING_DEFAULTS["stability_score_thresh"]
+    min_size: int = CPU_EVERYTHING_DEFAULTS["min_size"]
     tile_size: int | None = 0
     whole_stack: bool = False
 
