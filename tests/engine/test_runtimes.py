@@ -206,13 +206,16 @@ def test_stack_and_mobilesam_run_on_a_runtime(synthetic_checkpoint, tmp_path_fac
 
 
 def test_bf16_detection_reads_cpu_flags(monkeypatch, tmp_path):
-    from napari_mobilesam.engine import runtimes
+    # The check lives in runtime_status (no torch import: the widget asks it too).
+    from napari_mobilesam.engine import runtime_status, runtimes
 
     fake = tmp_path / "cpuinfo"
     fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
-    real_path = runtimes.Path
+    real_path = runtime_status.Path
     monkeypatch.setattr(
-        runtimes, "Path", lambda p: real_path(fake) if p == "/proc/cpuinfo" else real_path(p)
+        runtime_status,
+        "Path",
+        lambda p: real_path(fake) if p == "/proc/cpuinfo" else real_path(p),
     )
     assert runtimes.bf16_supported()[0] is False
     fake.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")

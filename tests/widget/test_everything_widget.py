@@ -120,6 +120,28 @@ def test_settings_reach_the_generator_and_min_size_drops_small_objects(dock, qtb
     assert runner.panel.settings().stability_score_thresh == SAM_DEFAULTS.stability_score_thresh
 
 
+def test_the_bf16_decoder_choice_follows_the_cpu_and_reaches_the_generator(
+    dock, qtbot, monkeypatch
+):
+    """bf16 is offered only where the CPU has native bf16, and the choice reaches the
+    generator's parameters (fp32 adds nothing, so stand-ins without the option keep working)."""
+    from napari_mobilesam.widget import everything_panel
+
+    monkeypatch.setattr(everything_panel, "_bf16_support", lambda: (False, "no avx512_bf16"))
+    panel = everything_panel.EverythingPanel()
+    assert not panel._bf16_check.enabled and "no avx512_bf16" in panel._bf16_check.tooltip
+    assert "decoder_precision" not in panel.settings().generator_params()
+
+    monkeypatch.setattr(everything_panel, "_bf16_support", lambda: (True, "amx_bf16"))
+    viewer, image, widget, runner, made = dock(discs_image())
+    runner.panel = everything_panel.EverythingPanel()
+    runner.panel._bf16_check.value = True
+    run_worker(qtbot, runner)
+    settings = made[-1][1]
+    assert settings.decoder_precision == "bf16"
+    assert settings.generator_params()["decoder_precision"] == "bf16"
+
+
 def test_existing_labels_are_protected_and_ids_come_above_them(dock, qtbot):
     viewer, image, widget, runner, _ = dock(discs_image())
     existing = Labels(np.zeros(SHAPE, np.uint16), name="existing")

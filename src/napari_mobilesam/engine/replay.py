@@ -231,6 +231,7 @@ def _everything_labels(decoder: _Decoder, record: dict[str, Any]) -> list[tuple[
         decoder.predictor, points_per_side=settings["points_per_side"],
         pred_iou_thresh=settings["pred_iou_thresh"],
         stability_score_thresh=settings["stability_score_thresh"],
+        decoder_precision=settings.get("decoder_precision", "fp32"),
     )  # fmt: skip
     planes = [tuple(p) for p in record["run_planes"]]
     displayed = record["run_displayed"][0]

@@ -6,9 +6,11 @@ import); :mod:`napari_mobilesam.engine.runtimes` runs them.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
@@ -57,3 +59,38 @@ def available_runtimes() -> dict[str, RuntimeStatus]:
         else:
             statuses[name] = RuntimeStatus(name, True, _version(package))
     return statuses
+
+
+def bf16_supported() -> tuple[bool, str]:
+    """Whether this CPU runs bfloat16 natively (AVX512-BF16 or AMX), and how that was found.
+
+    Read from the CPU's own flags (``/proc/cpuinfo`` on Linux) or, elsewhere, from OpenVINO's
+    capability query; never assumed. Without native support bf16 would be emulated: slower than
+    float32 and still approximate.
+    """
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        try:
+            text = cpuinfo.read_text(errors="replace")
+        except OSError:
+            text = ""
+        flags: set[str] = set()
+        for line in text.splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[-1].split())
+                break
+        if flags:
+            found = sorted(flags & {"avx512_bf16", "amx_bf16"})
+            if found:
+                return True, f"CPU flags: {', '.join(found)}"
+            return False, "the CPU has neither avx512_bf16 nor amx_bf16"
+    if importlib.util.find_spec("openvino") is not None:
+        try:
+            ov = importlib.import_module("openvino")
+            capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            if "BF16" in capabilities:
+                return True, "OpenVINO reports BF16 on this CPU"
+            return False, "OpenVINO does not report BF16 on this CPU"
+        except Exception as exc:  # any failure of the query means "unknown": not supported
+            return False, f"the CPU's bf16 support could not be queried ({exc})"
+    return False, "the CPU's bf16 support could not be determined"

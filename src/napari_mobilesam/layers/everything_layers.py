@@ -49,6 +49,8 @@ class EverythingSettings:
         tile_size: tiles of this many pixels a side; 0 = automatic (whole planes up to
             ``AUTO_TILE`` pixels, tiles of ``AUTO_TILE`` above); None = never tile.
         whole_stack: every plane along the stack axis instead of the current plane only.
+        decoder_precision: "fp32", or "bf16" (opt-in where the device has native bf16: faster,
+            approximate; see :mod:`napari_mobilesam.engine.decoder_precision`).
     """
 
     points_per_side: int = CPU_EVERYTHING_DEFAULTS["points_per_side"]
@@ -57,14 +59,18 @@ class EverythingSettings:
     min_size: int = CPU_EVERYTHING_DEFAULTS["min_size"]
     tile_size: int | None = 0
     whole_stack: bool = False
+    decoder_precision: str = "fp32"
 
     def generator_params(self) -> dict[str, Any]:
         """Keyword arguments of ``SamAutomaticMaskGenerator``."""
-        return {
+        params: dict[str, Any] = {
             "points_per_side": self.points_per_side,
             "pred_iou_thresh": self.pred_iou_thresh,
             "stability_score_thresh": self.stability_score_thresh,
         }
+        if self.decoder_precision != "fp32":  # only then: stand-ins without it keep working
+            params["decoder_precision"] = self.decoder_precision
+        return params
 
     def tile_shape(self, plane_shape: Sequence[int]) -> int | None:
         """The tile size for planes of ``plane_shape`` (None: the whole plane at once)."""

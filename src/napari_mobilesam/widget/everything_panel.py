@@ -3,7 +3,7 @@ current plane or whole stack, and the buttons that start and cancel a run."""
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, PushButton, SpinBox
 from qtpy.QtWidgets import QHBoxLayout, QWidget
 
 from napari_mobilesam.layers.everything_layers import (
@@ -35,6 +35,13 @@ def _describe(settings: EverythingSettings) -> str:
         f"{settings.points_per_side} points per side, IoU {settings.pred_iou_thresh}, "
         f"stability {settings.stability_score_thresh}"
     )
+
+
+def _bf16_support() -> tuple[bool, str]:
+    """Whether this CPU multiplies bfloat16 natively (its flags), and why not if it does not."""
+    from napari_mobilesam.engine.runtime_status import bf16_supported
+
+    return bf16_supported()
 
 
 class EverythingPanel(FormSection):
@@ -70,6 +77,17 @@ class EverythingPanel(FormSection):
             tooltip="The plane on screen, or every plane along the stack axis (Z), with objects "
             "linked from plane to plane into 3D ids.",
         )  # fmt: skip
+        # bf16 is offered only where the CPU multiplies it natively (read from its flags, no
+        # torch import while the widget is built); elsewhere it would be slower than float32.
+        self._bf16_check = CheckBox(text="bf16 decoder (faster, approximate)", value=False)
+        self._bf16_check.tooltip = (
+            "Decode the prompts in bfloat16: about 1.4x quicker on CPUs with native bf16, with "
+            "predicted IoU within 0.03 and masks within IoU 0.97 of float32."
+        )
+        supported, why = _bf16_support()
+        if not supported:
+            self._bf16_check.enabled = False
+            self._bf16_check.tooltip = f"Not offered here: {why}."
         self._cpu_button = PushButton(
             text="CPU defaults", tooltip=f"Quicker on a CPU: {_describe(CPU_DEFAULTS)}."
         )
@@ -90,6 +108,7 @@ class EverythingPanel(FormSection):
                 ("min size", self._min_size_spin),
                 ("tiles", self._tile_combo),
                 ("planes", self._scope_combo),
+                (None, self._bf16_check),
                 (None, _side_by_side(self._cpu_button, self._sam_button)),
                 (None, _side_by_side(self._run_button, self._cancel_button)),
             ]
@@ -111,6 +130,7 @@ class EverythingPanel(FormSection):
         self._min_size_spin.value = settings.min_size
         self._tile_combo.value = settings.tile_size
         self._scope_combo.value = WHOLE_STACK if settings.whole_stack else CURRENT_PLANE
+        self._bf16_check.value = settings.decoder_precision == "bf16" and self._bf16_check.enabled
 
     def settings(self) -> EverythingSettings:
         """The controls' values."""
@@ -121,6 +141,7 @@ class EverythingPanel(FormSection):
             min_size=int(self._min_size_spin.value),
             tile_size=self._tile_combo.value,
             whole_stack=self._scope_combo.value == WHOLE_STACK,
+            decoder_precision="bf16" if self._bf16_check.value else "fp32",
         )
 
     def set_running(self, running: bool) -> None:
