@@ -68,10 +68,29 @@ def test_replay_writes_a_project_and_a_table(project: Path, tmp_path: Path, caps
     assert "holds a replay already; add --overwrite" in capsys.readouterr().err
 
 
+def test_replay_on_a_local_cluster_gives_the_same_labels(
+    project: Path, tmp_path: Path, capsys
+) -> None:
+    """--scheduler local:1 runs the replay as one task on a worker process: same labels."""
+    pytest.importorskip("distributed", reason='pip install "napari-mobilesam[distributed]"')
+    out = tmp_path / "cluster"
+    code = main(["replay", str(project / "cells.mobilesam"), "--image",
+                 str(project / "cells.tif"), "--weights", str(SYNTHETIC_CHECKPOINT),
+                 "--out", str(out), "--device", "cpu", "--scheduler", "local:1"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "identical to the stored labels" in printed
+    with (
+        ProjectStore.open(out / "project", writable=False) as replayed,
+        ProjectStore.open(project / "cells.mobilesam", writable=False) as stored,
+    ):
+        assert np.array_equal(replayed.read_labels(), stored.read_labels())
+    assert (out / "replay.csv").is_file()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--scheduler", "local:2"], "replay runs in this process"),
         (["--contrast-limits", "0,10"], "replay uses the contrast limits each record kept"),
         (["--image", "missing.tif"], "missing.tif"),
     ],

@@ -448,6 +448,20 @@ def _run_threads(
     return reports
 
 
+def connect(scheduler: str, timeout_s: float) -> tuple[Any, Any]:
+    """(client, cluster or None) for a ``--scheduler`` value other than ``threads``: a fresh
+    ``LocalCluster`` for ``local:N``, the running scheduler at an address. Close both after use.
+
+    Raises:
+      ValueError: ``threads`` or a value :func:`parse_scheduler` does not accept.
+      SchedulerError: distributed is not installed, or no scheduler answered.
+    """
+    kind, value = parse_scheduler(scheduler)
+    if kind == "threads":
+        raise ValueError("connect() is for local:N or a scheduler address, not threads")
+    return _cluster(kind, value, timeout_s)
+
+
 def _cluster(kind: str, value: Any, timeout_s: float) -> tuple[Any, Any]:
     """(client, cluster or None) for ``local:N`` or a scheduler address."""
     import logging

@@ -13,7 +13,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from napari_mobilesam.cli.commands import UserError
 
@@ -92,11 +92,6 @@ def run_replay(args: argparse.Namespace) -> ReplaySummary:
     if args.contrast_limits is not None:
         raise ReplayError("--contrast-limits: replay uses the contrast limits each record kept")
     kind, _ = parse_scheduler(args.scheduler)
-    if kind != "threads":
-        raise ReplayError(
-            f"--scheduler {args.scheduler}: replay runs in this process (steps depend on the "
-            "ones before); use --scheduler threads --workers N"
-        )
     if is_project(Path(args.out) / "project") and not args.overwrite:
         raise ReplayError(f"--out {args.out} holds a replay already; add --overwrite")
     try:
@@ -126,18 +121,55 @@ def run_replay(args: argparse.Namespace) -> ReplaySummary:
         from napari_mobilesam.engine.atomic_files import remove_path
 
         remove_path(out / "project")
+    job = {
+        "folder": str(Path(args.folder).resolve()),
+        "image": str(Path(_image_path(args, manifest)).resolve()),
+        "weights": str(Path(weights).resolve()),
+        "device": resolve_device(args.device),
+        "rgb": source.rgb,
+        "workers": args.workers or 1,
+        "out": str(out.resolve()),
+    }
     try:
-        result = replay_project(
-            args.folder,
-            source.read,
-            weights=weights,
-            device=resolve_device(args.device),
-            rgb=source.rgb,
-            workers=args.workers or 1,
-            out=out,
-        )
+        if kind == "threads":
+            result = replay_project(
+                job["folder"], source.read, weights=job["weights"], device=job["device"],
+                rgb=job["rgb"], workers=job["workers"], out=job["out"],
+            )  # fmt: skip
+        else:
+            result = _replay_on_cluster(args, job)
     except (ProjectError, ValueError) as exc:
         raise ReplayError(str(exc)) from exc
     changed = sum(1 for o in result.objects if o.iou < 1.0)
     notes = [f"written: {out / 'project'} and {out / 'replay.csv'}", *result.skipped_steps]
     return ReplaySummary(result.table(), result.identical, len(result.objects), changed, notes)
+
+
+def replay_job(job: dict) -> Any:
+    """Run one replay from plain values (what a dask worker receives): the image is opened
+    where the job runs, so the folders and files must be reachable there (a shared disk)."""
+    from napari_mobilesam.batch.files import open_source
+    from napari_mobilesam.engine.replay import replay_project
+
+    source = open_source(job["image"])
+    return replay_project(
+        job["folder"], source.read, weights=job["weights"], device=job["device"],
+        rgb=job["rgb"], workers=job["workers"], out=job["out"],
+    )  # fmt: skip
+
+
+def _replay_on_cluster(args: argparse.Namespace, job: dict) -> Any:
+    """The replay as one task on ``--scheduler local:N`` or a scheduler's address.
+
+    Each step of a project depends on the ones before it (refinements, protection, undo), so a
+    replay is one task: the cluster gives it a worker's machine (a compute node), not a split.
+    """
+    from napari_mobilesam.batch.tasks import connect
+
+    client, cluster = connect(args.scheduler, args.scheduler_timeout)
+    try:
+        return client.submit(replay_job, job, pure=False).result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
