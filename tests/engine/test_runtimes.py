@@ -30,11 +30,13 @@ def test_available_runtimes_lists_all_three():
 
 
 def test_missing_package_reason_names_the_extra(monkeypatch):
+    import importlib.util
+
     from napari_mobilesam.engine import runtimes
 
-    real = runtimes.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        runtimes.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name in ("openvino", "onnxruntime") else real(name, *a),
     )

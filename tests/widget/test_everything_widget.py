@@ -5,6 +5,7 @@ and the bad-input messages (nothing written)."""
 from __future__ import annotations
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -188,14 +189,38 @@ def test_a_stack_is_linked_into_3d_ids_and_cancel_mid_stack_writes_nothing(dock,
     runner.panel._scope_combo.value = WHOLE_STACK
     runner.panel._min_size_spin.value = 0
 
+    # The worker may not run ahead of the main thread: planes after plane 2 wait until the test
+    # has pressed Cancel on plane 2's step (no race with a fast machine or a slow event loop).
+    gate = threading.Event()
+    make = runner.make_generator
+
+    def gated(predictor, settings):
+        generator = make(predictor, settings)
+        original = generator.generate_steps
+        calls = []
+
+        def generate_steps(image, embedding=None):
+            calls.append(image)
+            if len(calls) > 3:
+                assert gate.wait(60), "Cancel was never pressed"
+            return (yield from original(image, embedding))
+
+        generator.generate_steps = generate_steps
+        return generator
+
+    runner.make_generator = gated
     seen = []
 
     def cancel_on_plane_two(item):
         if getattr(item, "plane", None) == 2:
             seen.append(item.plane)
             runner.stop()
+            gate.set()
 
-    run_worker(qtbot, runner, cancel_on_plane_two)
+    try:
+        run_worker(qtbot, runner, cancel_on_plane_two)
+    finally:
+        gate.set()
     assert seen and widget.labels_layer is None  # nothing written, no layer created
     assert "cancelled" in status_of(widget) and "nothing was written" in status_of(widget)
 

@@ -79,7 +79,7 @@ class EverythingPanel(FormSection):
         )  # fmt: skip
         # bf16 is offered only where the CPU multiplies it natively (read from its flags, no
         # torch import while the widget is built); elsewhere it would be slower than float32.
-        self._bf16_check = CheckBox(text="bf16 decoder (faster, approximate)", value=False)
+        self._bf16_check = CheckBox(text="bf16 decoder", value=False)
         self._bf16_check.tooltip = (
             "Decode the prompts in bfloat16: about 1.4x quicker on CPUs with native bf16, with "
             "predicted IoU within 0.03 and masks within IoU 0.97 of float32."
