@@ -122,10 +122,11 @@ class SamAutomaticMaskGenerator:
     """
 
     logits_budget_bytes = 256 * 2**20  # crop-size float logits upscaled at a time
-    # Prompts decoded together on a CPU. Without the upscaling in the loop (see _decode_low_res)
-    # larger groups pay off: 8 at a time ran about 1.3x faster than 2 on the 2-core test
-    # machine, and each prompt holds about 30 MB of decoder intermediates while it runs.
-    decode_chunk = 8
+    # Prompts decoded together on a CPU. Each prompt's decoder streams its own 4 MiB copies of
+    # the image tokens through a dozen passes: 2 at a time keep them in cache. On the 2-core
+    # test machine (Xeon, 2 MiB L2 per core) 64 prompts took 13.8 ms each in groups of 2,
+    # 15.2-15.8 in groups of 1, 3 or 4 and 23.1 in groups of 8 (benchmarks/README.md).
+    decode_chunk = 2
 
     def __init__(
         self,

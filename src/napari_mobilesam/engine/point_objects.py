@@ -36,9 +36,9 @@ from .predictor import _check_near_image
 from .prompt_checks import as_float_array, as_mask_input, check_labels
 
 MAX_OBJECTS = 5000
-# Prompts decoded together on a CPU. The decoder of each prompt works on its own copy of the
-# image tokens: on the 2-core test machine (one torch thread, 1024 x 1024 image) 2 at a time
-# took 63 ms per prompt, 4 took 65 ms and 8 took 88 ms.
+# Prompts decoded together on a CPU: 2 at a time ran fastest, as for the generator's
+# SamAutomaticMaskGenerator.decode_chunk (each prompt's decoder streams its own copies of the
+# image tokens, and 2 at a time keep them in cache).
 CPU_DECODE_CHUNK = 2
 
 

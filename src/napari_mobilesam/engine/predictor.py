@@ -31,7 +31,9 @@ class SamPredictor:
         :mod:`napari_mobilesam.engine.decoder_precision`); refused elsewhere.
     """
 
-    cpu_prompt_chunk = 8  # prompts decoded together on a CPU (see predict_torch)
+    # Prompts decoded together on a CPU (see predict_torch): 2 at a time ran fastest, as for
+    # SamAutomaticMaskGenerator.decode_chunk.
+    cpu_prompt_chunk = 2
 
     def __init__(self, sam_model: Sam, decoder_precision: str = "fp32") -> None:
         self.model = sam_model

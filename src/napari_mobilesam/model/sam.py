@@ -86,11 +86,17 @@ class Sam(nn.Module):
         cols = min(low_w, -(-input_size[1] // factor) + 1)
         b, c = masks.shape[:2]
         flat = masks[..., :rows, :cols].reshape(b * c, 1, rows, cols)
-        out = []
-        for part in flat.split(max(1, chunk), dim=0):
+        # A bilinear resize to the same size returns its input unchanged (every source index
+        # is whole, every weight 1 or 0): images whose longer side is 1024 skip it.
+        same_size = tuple(input_size) == tuple(original_size)
+        out = masks.new_empty((b * c, 1, *original_size))
+        step = max(1, chunk)
+        for start, part in zip(range(0, b * c, step), flat.split(step, dim=0), strict=True):
             up = F.interpolate(
                 part, (rows * factor, cols * factor), mode="bilinear", align_corners=False
             )
             up = up[..., : input_size[0], : input_size[1]]
-            out.append(F.interpolate(up, original_size, mode="bilinear", align_corners=False))
-        return torch.cat(out).reshape(b, c, *original_size)
+            if not same_size:
+                up = F.interpolate(up, original_size, mode="bilinear", align_corners=False)
+            out[start : start + part.shape[0]] = up
+        return out.reshape(b, c, *original_size)
