@@ -70,3 +70,47 @@ def test_constants_follow_the_image(golden_model, embeddings):
     _, ref_iou, ref_low_res = fresh.predict(point_coords=point, point_labels=label)
     np.testing.assert_array_equal(iou, ref_iou)
     np.testing.assert_array_equal(low_res, ref_low_res)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_forward_kept_gives_the_kept_prompts_masks(golden_model, embeddings, fast):
+    """Prompts dropped by their predicted IoUs skip the upscaling; the kept ones' masks and
+    every prompt's IoUs are those of the full call."""
+    from napari_mobilesam.engine.predictor import SamPredictor
+
+    embedding, size = embeddings[0]
+    predictor = SamPredictor(golden_model)
+    predictor.set_image_embedding(embedding, size)
+    model = predictor.model
+    gen = torch.Generator().manual_seed(1)
+    coords = torch.rand(6, 1, 2, generator=gen) * 1000
+    labels = torch.ones(6, 1, dtype=torch.int)
+    decoder = model.mask_decoder
+    was_fast = decoder.fast_path
+    decoder.fast_path = fast
+    try:
+        with torch.inference_mode():
+            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            image_pe, constants = predictor._decoder_constants()
+            args = (predictor.features, image_pe, sparse, dense, True)
+            ref_masks, ref_iou = decoder(*args, image_constants=constants)
+            # Keep the prompts whose best IoU is above the median: some of each kind.
+            cut = ref_iou.max(dim=1).values.median()
+            for keep, expected in (
+                (lambda iou: iou.max(dim=1).values > cut, None),
+                (lambda iou: torch.zeros(iou.shape[0], dtype=torch.bool), 0),
+                (lambda iou: torch.ones(iou.shape[0], dtype=torch.bool), 6),
+            ):
+                masks, iou, kept = decoder.forward_kept(*args, keep, image_constants=constants)
+                torch.testing.assert_close(iou, ref_iou, rtol=0, atol=ATOL_IOU)
+                assert kept.tolist() == keep(ref_iou).nonzero().flatten().tolist()
+                if expected is not None:
+                    assert kept.numel() == expected
+                else:
+                    assert 0 < kept.numel() < 6
+                assert masks.shape == (kept.numel(), 3, 256, 256)
+                torch.testing.assert_close(
+                    masks, ref_masks[kept], rtol=0, atol=ATOL_LOW_RES_STORED_EMBEDDING
+                )
+    finally:
+        decoder.fast_path = was_fast

@@ -366,12 +366,17 @@ class SamAutomaticMaskGenerator:
         return _nms(kept, torch.tensor(scores, dtype=torch.float32), self.box_nms_thresh)
 
     @torch.inference_mode()
-    def _decode_low_res(self, model_points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res logits (B, 3, 256, 256) and predicted IoUs (B, 3) of single-point prompts
-        given in the model's 1024 frame, on the predictor's current embedding.
+    def _decode_low_res(
+        self, model_points: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Predicted IoUs (B, 3) of single-point prompts given in the model's 1024 frame, on
+        the predictor's current embedding, and the low-res logits (K, 3, 256, 256) of the K
+        prompts (indices (K,)) with a candidate above ``pred_iou_thresh``.
 
-        This is :meth:`SamPredictor.predict_torch` without the upscaling: the generator
-        upscales only the candidates that pass the predicted-IoU filter.
+        This is :meth:`SamPredictor.predict_torch` without the upscaling to the image: the
+        generator upscales only the candidates that pass the predicted-IoU filter. The IoUs
+        come before the decoder's own upscaling, so a prompt whose three candidates all fail
+        the filter skips that too (see :meth:`MaskDecoder.forward_kept`).
         """
         predictor = self.predictor
         model = predictor.model
@@ -387,23 +392,32 @@ class SamAutomaticMaskGenerator:
             image_pe, extra["image_constants"] = constants_of()
         else:
             image_pe = model.prompt_encoder.get_dense_pe()
+        threshold = self.pred_iou_thresh
+
+        def keep(iou_pred: torch.Tensor) -> torch.Tensor:
+            if threshold <= 0.0:  # the filter is off: every candidate goes on
+                return torch.ones(iou_pred.shape[0], dtype=torch.bool, device=iou_pred.device)
+            return (iou_pred.float() > threshold).any(dim=1)
+
         batch = sparse.shape[0]
         step = self.decode_chunk if predictor.device.type == "cpu" else batch
-        low_res, iou = [], []
+        low_res, iou, kept = [], [], []
         for start in range(0, batch, max(1, step)):
             part = slice(start, start + step)
             with decoder_autocast(self.decoder_precision, predictor.device):
-                lr, io = model.mask_decoder(
+                lr, io, rows = model.mask_decoder.forward_kept(
                     image_embeddings=predictor.features,
                     image_pe=image_pe,
                     sparse_prompt_embeddings=sparse[part],
                     dense_prompt_embeddings=dense[part],
                     multimask_output=True,
+                    keep=keep,
                     **extra,
                 )
             low_res.append(lr.float())
             iou.append(io.float())
-        return torch.cat(low_res), torch.cat(iou)
+            kept.append(rows + start)
+        return torch.cat(low_res), torch.cat(iou), torch.cat(kept)
 
     @torch.inference_mode()
     def _process_batch(
@@ -417,11 +431,15 @@ class SamAutomaticMaskGenerator:
         """Decode one batch of single-point prompts and keep the masks that pass the filters
         (predicted IoU, stability, crop edge), in point-major order."""
         predictor = self.predictor
-        low_res, iou = self._decode_low_res(model_points)
-        per_point = low_res.shape[1]
+        low_res, iou, kept = self._decode_low_res(model_points)
+        per_point = iou.shape[1]
+        # Row of each prompt's logits in low_res (-1: not decoded, every candidate failed).
+        row_of = torch.full((iou.shape[0],), -1, dtype=torch.long, device=iou.device)
+        row_of[kept] = torch.arange(kept.numel(), device=iou.device)
         low_res = low_res.flatten(0, 1)
         iou = iou.flatten(0, 1).float()
-        keep = torch.ones(iou.shape, dtype=torch.bool, device=iou.device)
+        keep = torch.zeros(iou.shape, dtype=torch.bool, device=iou.device)
+        keep.view(-1, per_point)[kept] = True
         if self.pred_iou_thresh > 0.0:
             keep &= iou > self.pred_iou_thresh
         index = keep.nonzero().flatten()
@@ -431,8 +449,9 @@ class SamAutomaticMaskGenerator:
         out = []
         for start in range(0, index.numel(), chunk):
             part = index[start : start + chunk]
+            rows = row_of[part // per_point] * per_point + part % per_point
             logits = predictor.model.postprocess_masks(
-                low_res[part][:, None], predictor.input_size, crop_size
+                low_res[rows][:, None], predictor.input_size, crop_size
             )[:, 0]
             out += self._filter_masks(
                 logits, part, iou[part], points, per_point, crop_box, image_box, image_size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -116,6 +118,37 @@ class MaskDecoder(nn.Module):
             image_constants,
         )
         return masks[:, mask_slice], iou_pred[:, mask_slice]
+
+    def forward_kept(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+        keep: Callable[[torch.Tensor], torch.Tensor],
+        image_constants: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for callers that discard some prompts by their predicted IoUs.
+
+        Arguments:
+          keep: maps iou_pred (B, 3 or 1) to a (B,) boolean tensor, True for the prompts whose
+            masks are wanted. The IoUs come from the output tokens alone, so on the fast path
+            the other prompts skip the output upscaling and the mask product.
+          (the others as in :meth:`forward`)
+
+        Returns:
+          masks: (K, 3 or 1, 256, 256) low-res logits of the K kept prompts, in order;
+          iou_pred: (B, 3 or 1) of every prompt; kept: (K,) indices of the kept prompts.
+        """
+        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        args = (image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        if self.fast_path and not _tracing():
+            return fast_decoder.predict_masks(self, *args, image_constants, mask_slice, keep)
+        masks, iou_pred = self.predict_masks(*args, image_constants)
+        masks, iou_pred = masks[:, mask_slice], iou_pred[:, mask_slice]
+        kept = keep(iou_pred).nonzero().flatten()
+        return masks[kept], iou_pred, kept
 
     def predict_masks(
         self,
