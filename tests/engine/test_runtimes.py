@@ -10,6 +10,7 @@ import copy
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -388,3 +389,122 @@ def test_physical_cores_counts_each_core_once(monkeypatch, tmp_path):
     assert runtimes.physical_cores() == 4
     monkeypatch.setattr(runtimes.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     assert runtimes.physical_cores() == 2
+
+
+def _mapped_files() -> set[str] | None:
+    """Paths of the files this process maps (Linux), else None."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return None
+    fields = (line.split(None, 5) for line in maps.read_text().splitlines())
+    return {f[5].strip() for f in fields if len(f) == 6}
+
+
+def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in module.state_dict().items()}
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_engine_maps_torch_weights_and_torch_gets_them_back(
+    runtime, synthetic_checkpoint, tmp_path_factory
+):
+    """While an engine runs, the torch encoder's weights are read from a file in the graph
+    cache (same values and strides); back on torch they are in memory and give the same
+    embedding bit for bit."""
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    skip_unless_installed(runtime)
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    torch_encoder = model.image_encoder
+    reference = _weights(torch_encoder)
+    requires_grad = [p.requires_grad for p in torch_encoder.parameters()]
+    x = runtimes._self_check_input()
+    with torch.inference_mode():
+        before = torch_encoder(x)
+
+    runtimes.use_runtime(
+        model, runtime, cache_folder=graph_folder(tmp_path_factory), progress=print
+    )
+    assert runtimes.runtime_of(model) == runtime
+    path = getattr(torch_encoder, runtimes._MAPPED_FROM)
+    assert Path(path).name == runtimes.TORCH_WEIGHTS_FILE and Path(path).is_file()
+    assert runtimes._same_tensors(torch_encoder.state_dict(), reference)
+    mapped = _mapped_files()
+    if mapped is not None:
+        assert path in mapped
+
+    runtimes.use_runtime(model, "torch")
+    assert model.image_encoder is torch_encoder
+    assert not hasattr(torch_encoder, runtimes._MAPPED_FROM)
+    assert runtimes._same_tensors(torch_encoder.state_dict(), reference)
+    assert [p.requires_grad for p in torch_encoder.parameters()] == requires_grad
+    mapped = _mapped_files()
+    if mapped is not None:
+        assert path not in mapped
+    with torch.inference_mode():
+        assert torch.equal(torch_encoder(x), before)
+
+
+@pytest.mark.golden
+def test_torch_weights_file_that_differs_is_rewritten(
+    synthetic_checkpoint, tmp_path, tmp_path_factory
+):
+    """A weights file with other values (or not a weights file at all) is never mapped: it
+    is written again from the weights in memory."""
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    runtime = next(
+        (n for n in runtimes.AUTO_ORDER if runtimes.available_runtimes()[n].available), None
+    )
+    if runtime is None:
+        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)  # the session's graphs
+    shutil.copytree(graph_folder(tmp_path_factory), tmp_path, dirs_exist_ok=True)
+
+    for damage in ("values", "bytes"):
+        model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+        reference = _weights(model.image_encoder)
+        cache = runtimes._GraphCache(model, tmp_path, runtimes.DEFAULT_OPSET, print)
+        path = cache.torch_weights_path
+        if damage == "values":
+            changed = dict(reference)
+            name = next(iter(changed))
+            changed[name] = changed[name] + 1.0
+            torch.save(changed, path)
+        else:
+            path.write_bytes(b"not a weights file")
+        runtimes.use_runtime(model, runtime, cache_folder=tmp_path, progress=print)
+        encoder = model.image_encoder.torch_encoder
+        assert getattr(encoder, runtimes._MAPPED_FROM) == str(path)
+        assert runtimes._same_tensors(encoder.state_dict(), reference)
+        saved = torch.load(path, weights_only=True)
+        assert runtimes._same_tensors(saved, reference)
+
+
+@pytest.mark.golden
+def test_torch_weights_stay_in_memory_where_the_file_cannot_be_written(
+    synthetic_checkpoint, tmp_path, tmp_path_factory
+):
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    runtime = next(
+        (n for n in runtimes.AUTO_ORDER if runtimes.available_runtimes()[n].available), None
+    )
+    if runtime is None:
+        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)
+    shutil.copytree(graph_folder(tmp_path_factory), tmp_path, dirs_exist_ok=True)
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu")
+    reference = _weights(model.image_encoder)
+    path = runtimes._GraphCache(model, tmp_path, runtimes.DEFAULT_OPSET, print).torch_weights_path
+    path.unlink(missing_ok=True)
+    path.mkdir()  # neither readable as weights nor replaceable by a file
+    runtimes.use_runtime(model, runtime, cache_folder=tmp_path, progress=print)
+    assert runtimes.runtime_of(model) == runtime  # the engine is used all the same
+    encoder = model.image_encoder.torch_encoder
+    assert not hasattr(encoder, runtimes._MAPPED_FROM)
+    assert runtimes._same_tensors(encoder.state_dict(), reference)

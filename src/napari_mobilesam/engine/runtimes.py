@@ -15,6 +15,11 @@ under ``$NAPARI_MOBILESAM_CACHE`` when set), keyed by the weights' fingerprint, 
 opset that made it and, for OpenVINO's converted graph, the runtime's version. Each runtime is
 compared once with the torch encoder on a fixed input (the result is cached beside the graph);
 one that disagrees beyond the golden embedding tolerance is not used. Nothing is downloaded.
+
+While an engine runs the encoder, the torch encoder it replaces is kept (for ``use_runtime(model,
+"torch")`` and for exporting) with its weights read from a copy in the same cache folder,
+mapped from the file instead of held in memory: a process on OpenVINO peaks about 40 MB lower
+(``benchmarks/bench_runtime_memory.py``). Switching back to torch copies them into memory again.
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ BF16_MIN_MASK_IOU = 0.97  # each mask against the float32 reference mask
 # Bump when the exported encoder graph changes for the same weights, torch and opset.
 GRAPH_FORMAT = 1
 
+# The torch encoder's weights, saved beside its graphs (see _map_weights).
+TORCH_WEIGHTS_FILE = "torch_encoder.pt"
+# Set on a torch encoder whose weights are mapped from that file: the file's path.
+_MAPPED_FROM = "_napari_mobilesam_weights_file"
+
 
 # --------------------------------------------------------------------------- the encoder
 
@@ -93,8 +103,9 @@ class RuntimeEncoder(nn.Module):
     """Stands in for the TinyViT encoder: (B, 3, 1024, 1024) float32 -> (B, 256, 64, 64).
 
     The graph runs on the CPU whatever ``x``'s device; the embedding comes back on ``x``'s
-    device. The torch encoder it replaces stays in ``torch_encoder`` (24 MB), for
-    :func:`use_runtime` ``(model, "torch")`` and for exporting.
+    device. The torch encoder it replaces stays in ``torch_encoder``, for :func:`use_runtime`
+    ``(model, "torch")`` and for exporting; :func:`use_runtime` maps its weights (25 MB) from
+    the graph cache while the engine runs.
 
     Attributes:
       runtime: "onnxruntime" or "openvino".
@@ -267,6 +278,10 @@ class _GraphCache:
             return [xml, xml.with_suffix(".bin")]
         return [self.onnx_path]
 
+    @property
+    def torch_weights_path(self) -> Path:
+        return self.folder / TORCH_WEIGHTS_FILE
+
     def has(self, runtime: str, version: str) -> bool:
         """Whether ``runtime``'s graph is already in the cache."""
         if runtime == "openvino":
@@ -281,6 +296,76 @@ class _GraphCache:
             path.unlink(missing_ok=True)
         for path in self.folder.glob(f"self_check.{runtime}-{version}.*.json"):
             path.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------- the torch encoder's weights
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Same names, dtypes, shapes, strides and values."""
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype
+        and a[k].shape == b[k].shape
+        and a[k].stride() == b[k].stride()
+        and torch.equal(a[k], b[k])
+        for k in a
+    )
+
+
+def _load_mapped(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict whose tensors are views of a private (copy-on-write) mapping of ``path``:
+    pages are read from the file when touched and count as this process' memory only then."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+
+
+def _file_holds(path: Path, state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``path`` holds exactly ``state`` (a missing or unreadable file does not)."""
+    try:
+        saved = _load_mapped(path)
+    except Exception:  # missing, truncated, not a zip, not tensors: rewrite it
+        return False
+    # ``saved`` goes out of scope on return: its mapping, and the pages the comparison read,
+    # leave the process with it.
+    return _same_tensors(saved, state)
+
+
+def _map_weights(module: nn.Module, path: Path) -> bool:
+    """Back ``module``'s weights by a read-only mapping of ``path`` instead of memory.
+
+    ``path`` is (re)written atomically from the weights unless it already holds exactly them,
+    and the module's parameters and buffers are then swapped for views of the file
+    (``load_state_dict(assign=True)``: same values, dtypes and strides; requires_grad kept).
+    The module works as before; the weights it does not touch stay on disk. Only CPU weights;
+    where the file cannot be written or read the weights stay in memory.
+
+    Returns whether the weights are mapped from ``path`` now.
+    """
+    if getattr(module, _MAPPED_FROM, None) == str(path):
+        return True
+    state = module.state_dict()
+    if not state or any(t.device.type != "cpu" for t in state.values()):
+        return False
+    try:
+        if not _file_holds(path, state):
+            _replace_atomic(lambda tmp: torch.save(state, tmp), path)
+            if not _file_holds(path, state):
+                return False
+        mapped = _load_mapped(path)
+    except (OSError, RuntimeError):
+        return False
+    module.load_state_dict(mapped, assign=True)
+    setattr(module, _MAPPED_FROM, str(path))
+    return True
+
+
+def _weights_in_memory(module: nn.Module) -> None:
+    """Undo :func:`_map_weights`: the module's weights are copied back into memory (same
+    strides), so torch runs it as before and the file is no longer mapped."""
+    if getattr(module, _MAPPED_FROM, None) is None:
+        return
+    copies = {name: tensor.clone() for name, tensor in module.state_dict().items()}
+    module.load_state_dict(copies, assign=True)
+    delattr(module, _MAPPED_FROM)
 
 
 # ---------------------------------------------------------------------------- the sessions
@@ -519,6 +604,7 @@ def use_runtime(
 
     model.image_encoder = torch_encoder  # the torch model is what gets exported and checked
     if runtime == "torch" or (runtime == "auto" and model.device.type != "cpu"):
+        _weights_in_memory(torch_encoder)
         return model
     if getattr(model, "encoder_dtype", None) is not None:
         # A half-precision torch encoder is not the float32 reference the graphs come from.
@@ -526,6 +612,7 @@ def use_runtime(
             raise ValueError(
                 f"runtime={runtime!r} needs a float32 model: build it with half=False."
             )
+        _weights_in_memory(torch_encoder)
         return model
 
     say = progress or (lambda message: print(message, file=sys.stderr))
@@ -548,7 +635,10 @@ def use_runtime(
             warnings.warn(f"{exc} Trying the next runtime.", RuntimeWarning, stacklevel=2)
             continue
         model.image_encoder = RuntimeEncoder(torch_encoder, runner, name, precision, error)
+        # The engine runs the encoder from now on: the torch weights can stay on disk.
+        _map_weights(torch_encoder, cache.torch_weights_path)
         return model
+    _weights_in_memory(torch_encoder)  # "auto" found no engine: torch runs the encoder
     return model
 
 
