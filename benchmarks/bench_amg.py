@@ -26,8 +26,15 @@ configuration of a round, so a change of machine load hits all of them alike. Pa
 prompts/s x the original decoder's GFLOP per prompt (counted with ``torch.utils.flop_counter``)
 divided by the fp32 GEMM rate of the same run (encoding included, so a lower bound).
 
-Configurations: segment-anything's defaults (32 x 32 = 1024 prompts, 3 masks each) and the same
-with 16 points per side (256 prompts). The ``vs original`` column compares with the original
+Configurations: segment-anything's defaults (32 x 32 = 1024 prompts, 3 masks each), the same
+with 16 points per side (256 prompts), and 32 x 32 with the predicted-IoU filter off
+(``pred_iou_thresh=0``). The synthetic weights' candidates never reach SAM's 0.88, so in the
+first two every prompt of ours stops after the decoder's IoU head (a prompt with no candidate
+above the threshold skips the upscaling); with the filter off every prompt is decoded in full
+and every candidate upscaled and scored, by every path. A real image lies between the two.
+``--paths default,segment-anything --configs 1,3`` times a subset (keep a reference path).
+
+The ``vs original`` column compares with the original
 MobileSAM generator measured earlier on this 2-core machine: about 130 ms per prompt
 (``ORIGINAL_S_PER_PROMPT``), i.e. about 130 s at SAM defaults.
 
@@ -73,7 +80,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT.parent / "shared" / "golden" / "synthetic_mobile_sam.pt"
 IMAGE_SIDE = 1024
 ORIGINAL_S_PER_PROMPT = 0.130  # the original MobileSAM generator on this 2-core CPU
-CONFIGS = {"SAM defaults (32x32)": 32, "16x16 points": 16}
+# Configuration -> (points per side, other generator settings). The synthetic weights' masks
+# never pass SAM's predicted-IoU filter (0.88), so the first two rows time prompts that all
+# stop after the IoU head; the third switches the filter off (every candidate is upscaled and
+# scored for stability, by every path): the other end of what a real image costs.
+CONFIGS: dict[str, tuple[int, dict]] = {
+    "SAM defaults (32x32)": (32, {}),
+    "16x16 points": (16, {}),
+    "32x32, IoU filter off": (32, {"pred_iou_thresh": 0.0}),
+}
 RSS_PREFIX = "RSS_CHILD_JSON "
 
 
@@ -112,18 +127,16 @@ def make_generators(
             # The original algorithm on modules equal to the original's (plain eager model,
             # segment-anything's own mask upscaling).
             meta = segment_anything_predictor(checkpoint, torch.device("cpu")).model
-            paths["segment-anything"] = lambda n: MetaGenerator(meta, points_per_side=n)
+            paths["segment-anything"] = lambda n, **kw: MetaGenerator(meta, points_per_side=n, **kw)
     if wanted("eager fp32"):
         eager = build_mobile_sam(checkpoint, device="cpu", optimize=False)
-        paths["eager fp32"] = lambda n: SamAutomaticMaskGenerator(eager, points_per_side=n)
+        paths["eager fp32"] = partial(_generator, eager)
     if wanted("default") or wanted("bf16 decoder"):
         default = build_mobile_sam(checkpoint, device="cpu")
         if wanted("default"):
-            paths["default"] = lambda n: SamAutomaticMaskGenerator(default, points_per_side=n)
+            paths["default"] = partial(_generator, default)
         if bf16_decoder_supported("cpu")[0]:
-            paths["bf16 decoder"] = lambda n: SamAutomaticMaskGenerator(
-                default, points_per_side=n, decoder_precision="bf16"
-            )
+            paths["bf16 decoder"] = partial(_generator, default, decoder_precision="bf16")
     for runtime in installed_runtimes():
         if wanted(runtime):
             from napari_mobilesam import use_runtime
@@ -133,8 +146,8 @@ def make_generators(
     return paths
 
 
-def _generator(model: object, n: int) -> SamAutomaticMaskGenerator:
-    return SamAutomaticMaskGenerator(model, points_per_side=n)
+def _generator(model: object, n: int, **settings: object) -> SamAutomaticMaskGenerator:
+    return SamAutomaticMaskGenerator(model, points_per_side=n, **settings)
 
 
 def time_rounds(
@@ -150,12 +163,12 @@ def time_rounds(
     names = list(paths)
     for round_ in range(repeats):
         order = names if round_ % 2 == 0 else names[::-1]
-        for config, n in CONFIGS.items():
+        for config, (n, settings) in CONFIGS.items():
             start = time.perf_counter()
             torch.mm(a, b)  # the machine's fp32 GEMM rate over the same stretch of time
             gemm.append(2 * 2048**3 / (time.perf_counter() - start) / 1e9)
             for name in order:
-                generator = paths[name](n)
+                generator = paths[name](n, **settings)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 records = generator.generate(image)
                 samples[config][name].append(time.perf_counter() - start)
@@ -190,7 +203,7 @@ def format_table(timing: dict, rss: dict[str, float | None], gflop: float) -> st
     header = ["configuration", "path", "s (median)", "CPU s", "prompts/s", "masks"]
     header += [f"time / {reference}", "decoder / GEMM", "vs original", "peak RSS MiB"]
     rows = [header]
-    for config, n in CONFIGS.items():
+    for config, (n, _) in CONFIGS.items():
         prompts = n * n
         base = statistics.median(timing["seconds"][config][reference])
         for name in names:
@@ -236,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-segment-anything", action="store_true", help="leave out the reference generator"
     )
+    parser.add_argument(
+        "--paths", default=None, help="comma-separated paths to time (default: all available)"
+    )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="comma-separated configuration numbers, 1-based, in the order "
+        + "; ".join(f"{i}: {name}" for i, name in enumerate(CONFIGS, 1)),
+    )
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child is not None:
@@ -244,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         args.repeats, args.no_rss = 1, True
-        CONFIGS.pop("SAM defaults (32x32)", None)
+        args.configs = args.configs or "2"
+    if args.configs:
+        wanted = {list(CONFIGS)[int(i) - 1] for i in args.configs.split(",")}
+        for name in list(CONFIGS):
+            if name not in wanted:
+                CONFIGS.pop(name)
     load_start = _load_average()
     flops = decoder_gflop_per_prompt(args.checkpoint)
     started = time.perf_counter()
@@ -258,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     image = test_image()
     paths = make_generators(args.checkpoint, not args.no_segment_anything)
+    if args.paths:
+        paths = {name: make for name, make in paths.items() if name in args.paths.split(",")}
     timing = time_rounds(paths, image, args.repeats)
     del paths
     rss = (
