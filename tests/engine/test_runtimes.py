@@ -508,3 +508,29 @@ def test_torch_weights_stay_in_memory_where_the_file_cannot_be_written(
     encoder = model.image_encoder.torch_encoder
     assert not hasattr(encoder, runtimes._MAPPED_FROM)
     assert runtimes._same_tensors(encoder.state_dict(), reference)
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("optimize", [True, False])
+def test_engine_embedding_has_the_torch_encoders_layout(
+    runtime, optimize, synthetic_checkpoint, tmp_path_factory
+):
+    """The decoder is tuned for the torch encoder's output layout (channels-last, default and
+    eager model): an engine's embedding comes back in that layout, in torch's aligned memory."""
+    from napari_mobilesam.engine import runtimes
+    from napari_mobilesam.model.build import build_mobile_sam
+
+    skip_unless_installed(runtime)
+    model = build_mobile_sam(synthetic_checkpoint, device="cpu", optimize=optimize)
+    x = runtimes._self_check_input()
+    with torch.inference_mode():
+        expected = model.image_encoder(x)
+    runtimes.use_runtime(
+        model, runtime, cache_folder=graph_folder(tmp_path_factory), progress=print
+    )
+    with torch.inference_mode():
+        out = model.image_encoder(x)
+    assert out.shape == expected.shape and out.stride() == expected.stride()
+    assert out.data_ptr() % 64 == 0
+    torch.testing.assert_close(out, expected, rtol=0, atol=ATOL_EMBEDDING)
