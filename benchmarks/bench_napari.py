@@ -177,7 +177,7 @@ class ClickBench:
 
         # Observers: the widget's debounce timer firing, the canvas drawing.
         self._marks: dict[str, float] = {}
-        widget._timer.timeout.connect(lambda: self._mark("run_started"))
+        widget.interactive.timer.timeout.connect(lambda: self._mark("run_started"))
         self.draw_events_available = False
         try:
             scene_canvas = self.viewer.window._qt_viewer.canvas._scene_canvas
@@ -209,7 +209,7 @@ class ClickBench:
         self.active = name
 
     def idle(self) -> bool:
-        return self.widget.worker is None and not self.widget._timer.isActive()
+        return self.widget.worker is None and not self.widget.interactive.timer.isActive()
 
     def settle(self) -> None:
         """Let pending runs (debounce, workers) finish and the UI go idle."""
