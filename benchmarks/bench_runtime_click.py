@@ -9,7 +9,7 @@ interleaved: each round encodes one image and decodes one click (cached embeddin
 (threads = torch's, spin-waits on): the effect of the thread settings, measured in the same run.
 The cost of checking a cached graph's SHA-256 on load is printed too.
 
-    python benchmarks/bench_runtime_click.py [--weights PATH] [--rounds 15]
+    python benchmarks/bench_runtime_click.py [--weights PATH] [--rounds 15] [--threads N]
 
 Quote the CPU (``lscpu``) and the load (``uptime``) with the numbers; on a shared machine
 say so.
@@ -71,7 +71,16 @@ def main() -> None:
     parser.add_argument("--weights", default=str(GOLDEN))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "bench-graphs"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (and so the engines'); default torch's. On a loaded machine two "
+        "threads on two cores wait on each other: 1 gives numbers that compare",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     installed = [n for n in runtimes.AUTO_ORDER if runtimes.available_runtimes()[n].available]
     predictors: dict[str, SamPredictor] = {}
