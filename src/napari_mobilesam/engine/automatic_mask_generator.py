@@ -43,6 +43,7 @@ from .mask_records import (
 )
 from .parameter_checks import checked_number, checked_whole
 from .predictor import SamPredictor
+from .prompt_threads import map_groups
 from .steps import drive, map_steps
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -400,9 +401,10 @@ class SamAutomaticMaskGenerator:
             return (iou_pred.float() > threshold).any(dim=1)
 
         batch = sparse.shape[0]
-        step = self.decode_chunk if predictor.device.type == "cpu" else batch
-        low_res, iou, kept = [], [], []
-        for start in range(0, batch, max(1, step)):
+        step = max(1, self.decode_chunk if predictor.device.type == "cpu" else batch)
+
+        @torch.inference_mode()
+        def decode(start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             part = slice(start, start + step)
             with decoder_autocast(self.decoder_precision, predictor.device):
                 lr, io, rows = model.mask_decoder.forward_kept(
@@ -414,9 +416,12 @@ class SamAutomaticMaskGenerator:
                     keep=keep,
                     **extra,
                 )
-            low_res.append(lr.float())
-            iou.append(io.float())
-            kept.append(rows + start)
+            return lr.float(), io.float(), rows + start
+
+        # Groups side by side, one torch thread each, on a CPU (engine/prompt_threads.py).
+        low_res, iou, kept = zip(
+            *map_groups(decode, range(0, batch, step), predictor.device), strict=True
+        )
         return torch.cat(low_res), torch.cat(iou), torch.cat(kept)
 
     @torch.inference_mode()

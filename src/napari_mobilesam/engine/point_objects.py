@@ -34,6 +34,7 @@ from .decoder_precision import decoder_autocast
 from .mask_records import PackedMask
 from .predictor import _check_near_image
 from .prompt_checks import as_float_array, as_mask_input, check_labels
+from .prompt_threads import map_groups
 
 MAX_OBJECTS = 5000
 # Prompts decoded together on a CPU: 2 at a time ran fastest, as for the generator's
@@ -212,11 +213,13 @@ def _decode_low_res(
         constants = None  # a mask prompt changes the image tokens: nothing to reuse
     batch = sparse.shape[0]
     step = CPU_DECODE_CHUNK if predictor.device.type == "cpu" else batch
-    low_res, iou = [], []
-    for start in range(0, batch, step):
+    precision = getattr(predictor, "decoder_precision", "fp32")
+
+    @torch.inference_mode()
+    def decode(start: int) -> tuple[torch.Tensor, torch.Tensor]:
         part = slice(start, start + step)
         # The predictor's decoder precision (fp32, or an opt-in bf16 autocast), as predict's.
-        with decoder_autocast(getattr(predictor, "decoder_precision", "fp32"), predictor.device):
+        with decoder_autocast(precision, predictor.device):
             lr, io = model.mask_decoder(
                 image_embeddings=predictor.features,
                 image_pe=image_pe,
@@ -225,8 +228,10 @@ def _decode_low_res(
                 multimask_output=multimask_output,
                 image_constants=constants,
             )
-        low_res.append(lr.float())
-        iou.append(io.float())
+        return lr.float(), io.float()
+
+    # Groups side by side, one torch thread each, on a CPU (engine/prompt_threads.py).
+    low_res, iou = zip(*map_groups(decode, range(0, batch, step), predictor.device), strict=True)
     return torch.cat(low_res), torch.cat(iou)
 
 

@@ -17,6 +17,7 @@ from napari_mobilesam.engine.image_conversion import (
     to_uint8_rgb,
 )
 from napari_mobilesam.engine.prompt_checks import as_float_array, as_mask_input, check_labels
+from napari_mobilesam.engine.prompt_threads import map_groups
 from napari_mobilesam.engine.transforms import ResizeLongestSide
 from napari_mobilesam.model import Sam
 
@@ -290,10 +291,12 @@ class SamPredictor:
             constants = None  # a mask prompt changes the image tokens: nothing to reuse
         batch = sparse.shape[0]
         # Each prompt's decoder works on its own copies of the 4096 image tokens (4 MiB each);
-        # on a CPU a few prompts at a time keep them in cache and bound the memory.
-        step = self.cpu_prompt_chunk if self.device.type == "cpu" else batch
-        outputs = []
-        for start in range(0, max(batch, 1), max(1, step)):
+        # on a CPU a few prompts at a time keep them in cache and bound the memory, and groups
+        # run side by side, one torch thread each (engine/prompt_threads.py).
+        step = max(1, self.cpu_prompt_chunk if self.device.type == "cpu" else batch)
+
+        @torch.inference_mode()
+        def decode(start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             part = slice(start, start + step)
             with decoder_autocast(self.decoder_precision, self.device):
                 low_res, iou = self.model.mask_decoder(
@@ -308,7 +311,9 @@ class SamPredictor:
             masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
             if not return_logits:
                 masks = masks > self.model.mask_threshold
-            outputs.append((masks, iou, low_res))
+            return masks, iou, low_res
+
+        outputs = map_groups(decode, range(0, max(batch, 1), step), self.device)
         if len(outputs) == 1:
             return outputs[0]
         masks, iou, low_res = (torch.cat(parts) for parts in zip(*outputs, strict=True))
