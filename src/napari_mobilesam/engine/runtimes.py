@@ -18,7 +18,7 @@ one that disagrees beyond the golden embedding tolerance is not used. Nothing is
 
 While an engine runs the encoder, the torch encoder it replaces is kept (for ``use_runtime(model,
 "torch")`` and for exporting) with its weights read from a copy in the same cache folder,
-mapped from the file instead of held in memory: a process on OpenVINO peaks about 40 MB lower
+mapped from the file instead of held in memory: a process on OpenVINO peaks 25-30 MB lower
 (``benchmarks/bench_runtime_memory.py``). Switching back to torch copies them into memory again.
 """
 
