@@ -7,6 +7,7 @@ the runtimes); this module checks the machinery around them.
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import shutil
 import warnings
@@ -428,15 +429,26 @@ def test_engine_maps_torch_weights_and_torch_gets_them_back(
         model, runtime, cache_folder=graph_folder(tmp_path_factory), progress=print
     )
     assert runtimes.runtime_of(model) == runtime
-    path = getattr(torch_encoder, runtimes._MAPPED_FROM)
+    path = runtimes.mapped_weights_file(torch_encoder)
     assert Path(path).name == runtimes.TORCH_WEIGHTS_FILE and Path(path).is_file()
     assert runtimes._same_tensors(torch_encoder.state_dict(), reference)
     mapped = _mapped_files()
     if mapped is not None:
         assert path in mapped
 
+    # A copy (a widget's second predictor) holds its weights in memory and says so; the next
+    # use_runtime maps them as well.
+    clone = copy.deepcopy(model)
+    assert runtimes.mapped_weights_file(clone.image_encoder.torch_encoder) is None
+    assert runtimes._same_tensors(clone.image_encoder.torch_encoder.state_dict(), reference)
+    runtimes.use_runtime(clone, runtime, cache_folder=graph_folder(tmp_path_factory))
+    assert runtimes.mapped_weights_file(clone.image_encoder.torch_encoder) == path
+    del clone
+    gc.collect()
+
     runtimes.use_runtime(model, "torch")
     assert model.image_encoder is torch_encoder
+    assert runtimes.mapped_weights_file(torch_encoder) is None
     assert not hasattr(torch_encoder, runtimes._MAPPED_FROM)
     assert runtimes._same_tensors(torch_encoder.state_dict(), reference)
     assert [p.requires_grad for p in torch_encoder.parameters()] == requires_grad
@@ -478,7 +490,7 @@ def test_torch_weights_file_that_differs_is_rewritten(
             path.write_bytes(b"not a weights file")
         runtimes.use_runtime(model, runtime, cache_folder=tmp_path, progress=print)
         encoder = model.image_encoder.torch_encoder
-        assert getattr(encoder, runtimes._MAPPED_FROM) == str(path)
+        assert runtimes.mapped_weights_file(encoder) == str(path)
         assert runtimes._same_tensors(encoder.state_dict(), reference)
         saved = torch.load(path, weights_only=True)
         assert runtimes._same_tensors(saved, reference)
@@ -506,7 +518,7 @@ def test_torch_weights_stay_in_memory_where_the_file_cannot_be_written(
     runtimes.use_runtime(model, runtime, cache_folder=tmp_path, progress=print)
     assert runtimes.runtime_of(model) == runtime  # the engine is used all the same
     encoder = model.image_encoder.torch_encoder
-    assert not hasattr(encoder, runtimes._MAPPED_FROM)
+    assert runtimes.mapped_weights_file(encoder) is None
     assert runtimes._same_tensors(encoder.state_dict(), reference)
 
 

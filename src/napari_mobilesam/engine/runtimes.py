@@ -81,7 +81,8 @@ GRAPH_FORMAT = 1
 
 # The torch encoder's weights, saved beside its graphs (see _map_weights).
 TORCH_WEIGHTS_FILE = "torch_encoder.pt"
-# Set on a torch encoder whose weights are mapped from that file: the file's path.
+# Set on a torch encoder whose weights are mapped from that file: (the file's path, the address
+# of its first weight), so that a copy of the module (deepcopy, .to) does not pass for mapped.
 _MAPPED_FROM = "_napari_mobilesam_weights_file"
 
 
@@ -337,6 +338,19 @@ def _file_holds(path: Path, state: dict[str, torch.Tensor]) -> bool:
     return _same_tensors(saved, state)
 
 
+def _first_address(module: nn.Module) -> int | None:
+    state = module.state_dict()
+    return next(iter(state.values())).data_ptr() if state else None
+
+
+def mapped_weights_file(module: nn.Module) -> str | None:
+    """The file ``module``'s weights are mapped from (see :func:`use_runtime`), or None."""
+    mark = getattr(module, _MAPPED_FROM, None)
+    if mark is None or mark[1] != _first_address(module):
+        return None
+    return mark[0]
+
+
 def _map_weights(module: nn.Module, path: Path) -> bool:
     """Back ``module``'s weights by a read-only mapping of ``path`` instead of memory.
 
@@ -348,7 +362,7 @@ def _map_weights(module: nn.Module, path: Path) -> bool:
 
     Returns whether the weights are mapped from ``path`` now.
     """
-    if getattr(module, _MAPPED_FROM, None) == str(path):
+    if mapped_weights_file(module) == str(path):
         return True
     state = module.state_dict()
     if not state or any(t.device.type != "cpu" for t in state.values()):
@@ -362,18 +376,18 @@ def _map_weights(module: nn.Module, path: Path) -> bool:
     except (OSError, RuntimeError):
         return False
     module.load_state_dict(mapped, assign=True)
-    setattr(module, _MAPPED_FROM, str(path))
+    setattr(module, _MAPPED_FROM, (str(path), _first_address(module)))
     return True
 
 
 def _weights_in_memory(module: nn.Module) -> None:
     """Undo :func:`_map_weights`: the module's weights are copied back into memory (same
     strides), so torch runs it as before and the file is no longer mapped."""
-    if getattr(module, _MAPPED_FROM, None) is None:
-        return
-    copies = {name: tensor.clone() for name, tensor in module.state_dict().items()}
-    module.load_state_dict(copies, assign=True)
-    delattr(module, _MAPPED_FROM)
+    if mapped_weights_file(module) is not None:
+        copies = {name: tensor.clone() for name, tensor in module.state_dict().items()}
+        module.load_state_dict(copies, assign=True)
+    if hasattr(module, _MAPPED_FROM):
+        delattr(module, _MAPPED_FROM)
 
 
 def _return_freed_memory() -> None:
