@@ -546,3 +546,27 @@ def test_engine_embedding_has_the_torch_encoders_layout(
     assert out.shape == expected.shape and out.stride() == expected.stride()
     assert out.data_ptr() % 64 == 0
     torch.testing.assert_close(out, expected, rtol=0, atol=ATOL_EMBEDDING)
+
+
+@pytest.mark.golden
+def test_failed_switch_leaves_torch_weights_in_memory(
+    monkeypatch, synthetic_checkpoint, tmp_path_factory
+):
+    """A use_runtime that raises leaves torch running the encoder from weights in memory."""
+    from napari_mobilesam.engine import runtimes
+
+    runtime = next(
+        (n for n in runtimes.AUTO_ORDER if runtimes.available_runtimes()[n].available), None
+    )
+    if runtime is None:
+        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    model = runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)
+    torch_encoder = model.image_encoder.torch_encoder
+    assert runtimes.mapped_weights_file(torch_encoder) is not None
+    statuses = dict(runtimes.available_runtimes())
+    statuses[runtime] = runtimes.RuntimeStatus(runtime, False, None, "not installed")
+    monkeypatch.setattr(runtimes, "available_runtimes", lambda: statuses)
+    with pytest.raises(runtimes.MissingExtraError):
+        runtimes.use_runtime(model, runtime)
+    assert model.image_encoder is torch_encoder
+    assert runtimes.mapped_weights_file(torch_encoder) is None
