@@ -8,11 +8,12 @@ Run from the repository root::
 Times ``SamPredictor.predict_torch`` on 64 one-point prompts (multimask, cached embedding) in
 two ways, alternating round by round: ``side by side`` (groups of prompts on their own torch
 thread each, what the library does, ``engine/prompt_threads.py``) and ``intra-op`` (groups one
-after another, every operation split over torch's threads, as before). Both run twice: on the
-machine as it is ("quiet", when nothing else runs) and next to a neighbour process that keeps
-torch's thread count busy with float32 matrix products (as a second job on a shared machine
-does). Results are the same bit for bit in all four; only the time differs. Medians in ms per
-prompt. Quote the CPU (printed) and say what else ran.
+after another, every operation split over torch's threads, as before). Both run three times:
+on the machine as it is ("quiet", when nothing else runs), next to a neighbour process that
+keeps torch's thread count busy with large float32 matrix products, and next to one that runs
+the small operations of a decoder with intra-op threading (a second job of this kind, or a
+test run, beside the first). Results are the same bit for bit in every case; only the time
+differs. Medians in ms per prompt. Quote the CPU (printed) and say what else ran.
 """
 
 from __future__ import annotations
@@ -38,12 +39,20 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent.parent / "shared" / 
 DEFAULT_CHECKPOINT = DEFAULT_CHECKPOINT / "synthetic_mobile_sam.pt"
 
 
-def neighbour(stop: mp.Event, threads: int) -> None:
-    """A busy process: float32 matrix products on ``threads`` threads until ``stop``."""
+def neighbour(stop: mp.Event, threads: int, kind: str) -> None:
+    """A busy process on ``threads`` torch threads until ``stop``: large float32 matrix
+    products (``gemm``), or the many small operations of a second decoder run with intra-op
+    threading (``decoder``: what a second job of this kind, or a test run beside it, does)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    if kind == "gemm":
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        while not stop.is_set():
+            torch.mm(a, b)
+        return
+    x, w = torch.randn(2, 4096, 256), torch.randn(256, 256)
     while not stop.is_set():
-        torch.mm(a, b)
+        y = torch.nn.functional.layer_norm(x @ w + x, (256,))
+        torch.softmax(y[..., :56], dim=-1)
 
 
 def time_ways(predictor: SamPredictor, prompts: int, rounds: int) -> dict[str, float]:
@@ -84,15 +93,19 @@ def main() -> int:
     predictor = SamPredictor(build_mobile_sam(args.checkpoint, device="cpu"))
     predictor.set_image_embedding(torch.randn(1, 256, 64, 64) * 0.5, (1024, 1024))
     results = {"quiet": time_ways(predictor, args.prompts, args.rounds)}
-    stop = mp.get_context("spawn").Event()
-    busy = mp.get_context("spawn").Process(target=neighbour, args=(stop, threads), daemon=True)
-    busy.start()
-    time.sleep(2.0)  # the neighbour is up and busy
-    try:
-        results["busy neighbour"] = time_ways(predictor, args.prompts, args.rounds)
-    finally:
-        stop.set()
-        busy.join(10)
+    context = mp.get_context("spawn")
+    for kind in ("gemm", "decoder"):
+        stop = context.Event()
+        busy = context.Process(target=neighbour, args=(stop, threads, kind), daemon=True)
+        busy.start()
+        time.sleep(2.0)  # the neighbour is up and busy
+        try:
+            results[f"next to a busy {kind} process"] = time_ways(
+                predictor, args.prompts, args.rounds
+            )
+        finally:
+            stop.set()
+            busy.join(10)
     print(f"load average after: {_load_average()}")
     print()
     print(f"| ms per prompt ({args.prompts} prompts, medians of {args.rounds}) | side by side "

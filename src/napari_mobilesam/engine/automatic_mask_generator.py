@@ -455,8 +455,9 @@ class SamAutomaticMaskGenerator:
         for start in range(0, index.numel(), chunk):
             part = index[start : start + chunk]
             rows = row_of[part // per_point] * per_point + part % per_point
+            # The whole part at once: its size is already bounded by logits_budget_bytes.
             logits = predictor.model.postprocess_masks(
-                low_res[rows][:, None], predictor.input_size, crop_size
+                low_res[rows][:, None], predictor.input_size, crop_size, chunk=chunk
             )[:, 0]
             out += self._filter_masks(
                 logits, part, iou[part], points, per_point, crop_box, image_box, image_size

@@ -89,8 +89,12 @@ class Sam(nn.Module):
         # A bilinear resize to the same size returns its input unchanged (every source index
         # is whole, every weight 1 or 0): images whose longer side is 1024 skip it.
         same_size = tuple(input_size) == tuple(original_size)
-        out = masks.new_empty((b * c, 1, *original_size))
         step = max(1, chunk)
+        if same_size and b * c <= step and (rows * factor, cols * factor) == tuple(input_size):
+            # One chunk, nothing to crop: the upsampled logits are the result as they are.
+            up = F.interpolate(flat, input_size, mode="bilinear", align_corners=False)
+            return up.reshape(b, c, *original_size)
+        out = masks.new_empty((b * c, 1, *original_size))
         for start, part in zip(range(0, b * c, step), flat.split(step, dim=0), strict=True):
             up = F.interpolate(
                 part, (rows * factor, cols * factor), mode="bilinear", align_corners=False
