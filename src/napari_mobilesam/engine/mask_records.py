@@ -197,16 +197,25 @@ class PackedMask:
         )  # fmt: skip
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray) -> PackedMask:
+    def from_mask(
+        cls,
+        mask: np.ndarray,
+        offset: tuple[int, int] = (0, 0),
+        shape: tuple[int, int] | None = None,
+    ) -> PackedMask:
         """Pack a full (H, W) bool mask (its box is computed here; an empty mask keeps one
-        pixel's box at the origin, as segment-anything's (0, 0, 0, 0))."""
+        pixel's box at the origin, as segment-anything's (0, 0, 0, 0)).
+
+        ``offset`` (row, col) and ``shape`` (H, W): ``mask`` is the part of an image of
+        ``shape`` starting there, and False everywhere else.
+        """
         mask = np.asarray(mask, dtype=bool)
+        shape = mask.shape[:2] if shape is None else shape
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         if rows.size == 0:
-            box = (0, 0, 0, 0)
-        else:
-            box = (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
-        return cls.from_crop(mask, box, (0, 0), mask.shape[:2])
+            return cls((0, 0, 0, 0), shape, np.packbits(np.zeros(1, dtype=bool)), 0)
+        box = (int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))
+        return cls.from_crop(mask, box, (offset[1], offset[0]), shape)
 
     @property
     def box_shape(self) -> tuple[int, int]:

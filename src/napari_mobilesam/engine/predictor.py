@@ -16,6 +16,7 @@ from napari_mobilesam.engine.image_conversion import (
     shrink_for_encoder,
     to_uint8_rgb,
 )
+from napari_mobilesam.engine.mask_upscaling import binary_masks
 from napari_mobilesam.engine.prompt_checks import as_float_array, as_mask_input, check_labels
 from napari_mobilesam.engine.prompt_threads import map_groups
 from napari_mobilesam.engine.transforms import ResizeLongestSide
@@ -308,16 +309,25 @@ class SamPredictor:
                     image_constants=constants,
                 )
             low_res, iou = low_res.float(), iou.float()
-            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-            if not return_logits:
-                masks = masks > self.model.mask_threshold
-            return masks, iou, low_res
+            return self._upscale(low_res, return_logits), iou, low_res
 
         outputs = map_groups(decode, range(0, max(batch, 1), step), self.device)
         if len(outputs) == 1:
             return outputs[0]
         masks, iou, low_res = (torch.cat(parts) for parts in zip(*outputs, strict=True))
         return masks, iou, low_res
+
+    def _upscale(self, low_res: torch.Tensor, return_logits: bool) -> torch.Tensor:
+        """(B, C, 256, 256) logits -> (B, C, H, W) logits or boolean masks at the image's size."""
+        model = self.model
+        size = (self.input_size, self.original_size)
+        if return_logits:
+            return model.postprocess_masks(low_res, *size)
+        if self.device.type == "cpu" and model.mask_threshold == 0.0:
+            # Only around each mask's positive logits, with the same bits (mask_upscaling.py);
+            # on a GPU the full upscaling is one fast call, and a box per mask would stall it.
+            return binary_masks(low_res, *size, model.postprocess_masks)
+        return model.postprocess_masks(low_res, *size) > model.mask_threshold
 
 
 _EXPECTED = {
