@@ -9,10 +9,10 @@ import pytest
 import torch
 from many_objects_helpers import assert_same_as_single, blob_image
 
+from napari_mobilesam.engine.mask_prompts import mask_to_logits
 from napari_mobilesam.engine.refine import (
     RefineCancelled,
     label_boxes,
-    mask_to_logits,
     plane_prompts,
     refine_labels,
     refine_labels_steps,

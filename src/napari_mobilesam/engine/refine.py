@@ -7,14 +7,10 @@ last pixel's row and column, segment-anything's inclusive convention) and, with
 decoded in batches (:mod:`~napari_mobilesam.engine.point_objects`), so each refined mask is the
 one ``SamPredictor.predict(box=..., mask_input=...)`` gives for that label alone.
 
-**Mask to logits** (:func:`mask_to_logits`): SAM's mask prompt is a (1, 256, 256) logit map in
-the padded 1024 x 1024 model frame (4 model pixels per low-res pixel). The binary mask is
-resized bilinearly to the model frame (h', w') = the image's longest side scaled to 1024, the
-padding to 1024 x 1024 is filled with 0.5, and each 4 x 4 block is averaged: that gives the
-fraction ``f`` of the low-res pixel inside the label. The logit is ``log(f / (1 - f))`` with
-``f`` clipped to [1e-3, 1 - 1e-3], so inside is +6.9, outside -6.9, an edge pixel in between, and
-the padding 0 (neither). Upscaled the way SAM upscales its own logits, this map gives back the
-label's mask up to its edge pixels.
+**Mask to logits** (:func:`~napari_mobilesam.engine.mask_prompts.mask_to_logits`): the label's
+mask resized to the padded 1024 x 1024 model frame, the fraction of each low-res pixel inside
+it, as log-odds clipped to +-6.9 (the padding 0); upscaled the way SAM upscales its own logits,
+this map gives back the label's mask up to its edge pixels.
 
 **Rules**: overlaps between refined masks go to the higher predicted IoU
 (:func:`~napari_mobilesam.engine.point_objects.resolve_overlaps`); a label whose refined mask
@@ -33,11 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from .image_conversion import robust_limits, shrink_for_encoder, to_uint8_rgb
+from .mask_prompts import FRAME, label_logits
 from .point_objects import (
     MAX_OBJECTS,
     ObjectPrompt,
@@ -46,10 +41,6 @@ from .point_objects import (
 )
 from .steps import Cancelled, drive
 from .transforms import ResizeLongestSide
-
-LOGIT_EPS = 1e-3  # fractions are clipped to [eps, 1 - eps]: logits within +-6.9
-LOW_RES = 256  # SAM's mask prompt size
-_PAD_FRACTION = 0.5  # the padding of the model frame is neither object nor background (logit 0)
 
 
 class RefineCancelled(Cancelled):
@@ -94,28 +85,6 @@ class RefineResult:
     objects: int = 0
 
 
-def mask_to_logits(masks: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
-    """SAM mask prompts from binary masks (see the module docstring for the rule).
-
-    Arguments:
-      masks: (B, H, W) bool masks in image pixels.
-      input_size: (h', w') of the image in the model frame (``predictor.input_size``).
-
-    Returns:
-      (B, 1, 256, 256) float32 logits.
-    """
-    masks = np.asarray(masks, dtype=bool)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must be (B, H, W), got shape {masks.shape}.")
-    side = LOW_RES * 4
-    h, w = int(input_size[0]), int(input_size[1])
-    fraction = torch.as_tensor(masks[:, None], dtype=torch.float32)
-    fraction = F.interpolate(fraction, (h, w), mode="bilinear", align_corners=False)
-    fraction = F.pad(fraction, (0, side - w, 0, side - h), value=_PAD_FRACTION)
-    fraction = F.avg_pool2d(fraction, 4).clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)
-    return torch.log(fraction / (1.0 - fraction)).numpy().astype(np.float32)
-
-
 def label_boxes(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The labels of one plane and their boxes.
 
@@ -140,17 +109,15 @@ def label_boxes(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def plane_prompts(
-    plane: np.ndarray, input_size: tuple[int, int], mask_prompt: bool = True, chunk: int = 16
+    plane: np.ndarray, input_size: tuple[int, int], mask_prompt: bool = True
 ) -> tuple[np.ndarray, list[ObjectPrompt]]:
     """(ids, one box prompt per label, with its mask as ``mask_input`` if ``mask_prompt``)."""
     ids, boxes, compact = label_boxes(plane)
     logits: list[np.ndarray | None] = [None] * len(ids)
     if mask_prompt:
-        for start in range(0, len(ids), chunk):
-            wanted = np.arange(start + 1, min(start + chunk, len(ids)) + 1)
-            masks = compact[None] == wanted[:, None, None]
-            for k, lg in enumerate(mask_to_logits(masks, input_size), start=start):
-                logits[k] = lg
+        # Each label's logits from a window around its box (engine/mask_prompts.py).
+        for k, (x0, y0, x1, y1) in enumerate(boxes.astype(int)):
+            logits[k] = label_logits(compact, k + 1, (y0, y1, x0, x1), input_size)[None]
     prompts = [ObjectPrompt(box=boxes[k], mask_input=logits[k]) for k in range(len(ids))]
     return ids, prompts
 
@@ -215,7 +182,7 @@ def refine_plane_steps(
     """
     input_size = getattr(predictor, "input_size", None)
     if input_size is None:  # a stand-in without SamPredictor's sizes: the same frame rule
-        input_size = ResizeLongestSide.get_preprocess_shape(*plane.shape, LOW_RES * 4)
+        input_size = ResizeLongestSide.get_preprocess_shape(*plane.shape, FRAME)
     ids, prompts = plane_prompts(plane, input_size, mask_prompt)
     out = np.zeros(plane.shape, dtype=plane.dtype)
     if not prompts:
