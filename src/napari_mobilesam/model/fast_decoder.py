@@ -251,15 +251,19 @@ def predict_masks(
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     tokens = torch.cat((output_tokens.expand(bs, -1, -1), sparse_prompt_embeddings), dim=1)
     c, h, w = image_embeddings.shape[-3:]
-    # Without a mask prompt the dense embedding is one vector for all: the image tokens stay a
-    # single (1, N, C) copy until the first block makes them differ per prompt.
-    dense = dense_prompt_embeddings
-    if dense.shape[0] > 1 and dense.stride(0) == 0:
-        dense = dense[:1]
-    src = image_embeddings + dense
-    # Token-major copies: every prompt reads them, so one contiguous copy beats strided reads.
-    keys = src.flatten(2).transpose(1, 2).contiguous()
-    key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+    if image_constants is not None and "keys" in image_constants:
+        # The same tokens as below, made once per image (TwoWayTransformer.image_constants).
+        keys, key_pe = image_constants["keys"], image_constants["key_pe"]
+    else:
+        # Without a mask prompt the dense embedding is one vector for all: the image tokens
+        # stay a single (1, N, C) copy until the first block makes them differ per prompt.
+        dense = dense_prompt_embeddings
+        if dense.shape[0] > 1 and dense.stride(0) == 0:
+            dense = dense[:1]
+        src = image_embeddings + dense
+        # Token-major copies: every prompt reads them; one contiguous copy beats strided reads.
+        keys = src.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
     transformer = decoder.transformer
     queries = tokens
     for i, layer in enumerate(transformer.layers):

@@ -180,11 +180,15 @@ class TwoWayTransformer(nn.Module):
         """Per-image constants of the first block for (1, C, h, w) inputs, for :meth:`forward`.
 
         Valid for every prompt whose ``image_embedding`` (embedding + dense prompt) is this one:
-        all prompts on an image that have no mask prompt.
+        all prompts on an image that have no mask prompt. Besides the first block's projections
+        they hold the image tokens and their PE token-major (``keys``, ``key_pe``: (1, h*w, C),
+        contiguous), which the inference path would otherwise copy out on every call.
         """
         keys = image_embedding.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        return self.layers[0].image_constants(keys, key_pe)
+        constants = self.layers[0].image_constants(keys, key_pe)
+        constants.update(keys=keys.contiguous(), key_pe=key_pe.contiguous())
+        return constants
 
     def forward(
         self,
