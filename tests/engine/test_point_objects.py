@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from many_objects_helpers import assert_same_as_single, blob_image
 
+from napari_mobilesam.engine import mask_upscaling
 from napari_mobilesam.engine.mask_records import PackedMask
 from napari_mobilesam.engine.point_objects import (
     ObjectPrompt,
@@ -40,8 +41,11 @@ def test_each_point_refuses_fractional_labels_and_bad_shapes():
         each_point_prompts([[1, 2, 3]])
 
 
+@pytest.mark.parametrize("cropped", [False, True], ids=["as-is", "every-mask-cropped"])
 @pytest.mark.parametrize("multimask", [True, False])
-def test_batched_points_equal_single_calls(predictor, multimask):
+def test_batched_points_equal_single_calls(predictor, multimask, cropped, monkeypatch):
+    if cropped:  # every mask through the crop around its positive logits, however wide
+        monkeypatch.setattr(mask_upscaling, "MAX_BOX_SHARE", 2.0)
     rng = np.random.default_rng(1)
     points = np.vstack([rng.uniform([0, 0], [120, 72], (11, 2)), [[3.0, 3.0], [60.0, 40.0]]])
     labels = np.r_[np.ones(11), [0, 0]]
