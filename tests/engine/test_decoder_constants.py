@@ -114,3 +114,28 @@ def test_forward_kept_gives_the_kept_prompts_masks(golden_model, embeddings, fas
                 )
     finally:
         decoder.fast_path = was_fast
+
+
+def test_the_same_embedding_set_again_keeps_its_constants(golden_model, embeddings):
+    """A cache hit sets the same embedding tensor again: its constants are kept (identity),
+    a different tensor gets its own, and the masks are those of a fresh predictor."""
+    from napari_mobilesam.engine.predictor import SamPredictor
+
+    (embedding, size), (other, other_size) = embeddings
+    predictor = SamPredictor(golden_model)
+    point = dict(point_coords=np.array([[50.0, 40.0]]), point_labels=np.array([1]))
+    predictor.set_image_embedding(embedding, size)
+    predictor.predict(**point)
+    kept = predictor._image_constants
+    predictor.set_image_embedding(embedding, size)
+    assert predictor._image_constants is kept
+    masks, scores, _ = predictor.predict(**point)
+    predictor.set_image_embedding(other, other_size)
+    assert predictor._image_constants is None
+    predictor.predict(**point)
+    assert predictor._image_constants[0] is predictor.features
+    fresh = SamPredictor(golden_model)
+    fresh.set_image_embedding(embedding.clone(), size)
+    fresh_masks, fresh_scores, _ = fresh.predict(**point)
+    np.testing.assert_array_equal(masks, fresh_masks)
+    np.testing.assert_array_equal(scores, fresh_scores)
