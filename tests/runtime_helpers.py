@@ -35,6 +35,17 @@ def skip_unless_installed(runtime: str) -> None:
         pytest.skip(f"{runtime} is not installed here ({status.reason})")
 
 
+def first_installed_engine() -> str:
+    """The first engine of ``auto``'s order that is installed; skips the calling test (saying
+    why) when there is none."""
+    from napari_mobilesam.engine.runtimes import AUTO_ORDER, available_runtimes
+
+    installed = [name for name in AUTO_ORDER if available_runtimes()[name].available]
+    if not installed:
+        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    return installed[0]
+
+
 def runtime_model(checkpoint: Path, runtime: str, tmp_path_factory: pytest.TempPathFactory):
     """A default CPU model from ``checkpoint`` whose encoder runs on ``runtime``."""
     from napari_mobilesam.engine.runtimes import runtime_of, use_runtime

@@ -101,3 +101,17 @@ def test_predict_masks_equal_their_low_res_upscaled(model, monkeypatch):
         torch.as_tensor(low_res)[None], predictor.input_size, predictor.original_size
     )
     assert np.array_equal(masks, (expected[0] > 0).numpy())
+
+
+def test_other_thresholds_take_the_full_path(model):
+    """The crops are exact for threshold 0 only: another threshold gives the full
+    upscaling's masks, whole."""
+    low = _logits(1)
+    size = (333, 250)
+    input_size = ResizeLongestSide(1024).get_preprocess_shape(*size, 1024)
+    expected = model.postprocess_masks(low[:, None], input_size, size) > 0.5
+    got = binary_masks(low[:, None], input_size, size, model.postprocess_masks, 0.5)
+    assert torch.equal(got, expected)
+    crops = binary_crops(low, input_size, size, model.postprocess_masks, 0.5)
+    for (crop, at), mask in zip(crops, expected[:, 0], strict=True):
+        assert at == (0, 0) and torch.equal(crop, mask)

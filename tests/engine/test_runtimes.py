@@ -18,7 +18,13 @@ import pytest
 import torch
 
 from golden_cases import ATOL_EMBEDDING, case_files, prompt_set
-from runtime_helpers import cache_root, graph_folder, runtime_model, skip_unless_installed
+from runtime_helpers import (
+    cache_root,
+    first_installed_engine,
+    graph_folder,
+    runtime_model,
+    skip_unless_installed,
+)
 
 
 def test_available_runtimes_lists_all_three():
@@ -468,11 +474,7 @@ def test_torch_weights_file_that_differs_is_rewritten(
     from napari_mobilesam.engine import runtimes
     from napari_mobilesam.model.build import build_mobile_sam
 
-    runtime = next(
-        (n for n in runtimes.AUTO_ORDER if runtimes.available_runtimes()[n].available), None
-    )
-    if runtime is None:
-        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    runtime = first_installed_engine()
     runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)  # the session's graphs
     shutil.copytree(graph_folder(tmp_path_factory), tmp_path, dirs_exist_ok=True)
 
@@ -503,11 +505,7 @@ def test_torch_weights_stay_in_memory_where_the_file_cannot_be_written(
     from napari_mobilesam.engine import runtimes
     from napari_mobilesam.model.build import build_mobile_sam
 
-    runtime = next(
-        (n for n in runtimes.AUTO_ORDER if runtimes.available_runtimes()[n].available), None
-    )
-    if runtime is None:
-        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    runtime = first_installed_engine()
     runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)
     shutil.copytree(graph_folder(tmp_path_factory), tmp_path, dirs_exist_ok=True)
     model = build_mobile_sam(synthetic_checkpoint, device="cpu")
@@ -555,11 +553,7 @@ def test_failed_switch_leaves_torch_weights_in_memory(
     """A use_runtime that raises leaves torch running the encoder from weights in memory."""
     from napari_mobilesam.engine import runtimes
 
-    runtime = next(
-        (n for n in runtimes.AUTO_ORDER if runtimes.available_runtimes()[n].available), None
-    )
-    if runtime is None:
-        pytest.skip('no engine installed (pip install "napari-mobilesam[onnx]")')
+    runtime = first_installed_engine()
     model = runtime_model(synthetic_checkpoint, runtime, tmp_path_factory)
     torch_encoder = model.image_encoder.torch_encoder
     assert runtimes.mapped_weights_file(torch_encoder) is not None

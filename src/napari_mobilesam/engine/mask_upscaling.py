@@ -19,7 +19,8 @@ does a small part of the work, with the same bits:
   only pixels that are <= 0 in both (False in both).
 
 The threshold must be 0 for that argument (it is SAM's and this model's); other thresholds
-take the full path. ``tests/engine/test_mask_upscaling.py`` compares both bit for bit.
+take the full path, and so do GPUs, where the full upscaling is one fast call and a box per
+mask would stall it. ``tests/engine/test_mask_upscaling.py`` compares both bit for bit.
 """
 
 from __future__ import annotations
@@ -45,19 +46,24 @@ def binary_crops(
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     postprocess: Postprocess,
+    threshold: float = 0.0,
 ) -> list[Crop]:
-    """``postprocess(low_res) > 0`` of N masks, each as a crop and its place in the image.
+    """``postprocess(low_res) > threshold`` of N masks, each as a crop and its place.
 
     Arguments:
       low_res: (N, 256, 256) float logits.
       input_size: (h, w) of the image resized for the model (longer side 1024).
       original_size: (H, W) of the user's image.
       postprocess: ``Sam.postprocess_masks``, for the masks that span much of the image.
+      threshold: the model's ``mask_threshold``; crops only for 0 (else full masks).
 
     Returns:
       N pairs (crop (h', w') bool, (row, col) of its first pixel): each (H, W) mask equals
       ``crop`` there and is False everywhere else (an all-False mask: a (0, 0) crop).
     """
+    if not _crops_apply(low_res, threshold):
+        full = postprocess(low_res[:, None], input_size, original_size)[:, 0] > threshold
+        return [(mask, (0, 0)) for mask in full]
     crops, wide = _boxed(low_res, input_size, original_size)
     if wide:
         full = postprocess(low_res[wide][:, None], input_size, original_size)[:, 0] > 0
@@ -71,9 +77,12 @@ def binary_masks(
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     postprocess: Postprocess,
+    threshold: float = 0.0,
 ) -> torch.Tensor:
-    """(B, C, 256, 256) logits -> (B, C, H, W) bool: ``postprocess(low_res) > 0`` bit for bit,
-    the masks with a small positive box upscaled only around it."""
+    """(B, C, 256, 256) logits -> (B, C, H, W) bool: ``postprocess(low_res) > threshold`` bit
+    for bit, the masks with a small positive box upscaled only around it (threshold 0, CPU)."""
+    if not _crops_apply(low_res, threshold):
+        return postprocess(low_res, input_size, original_size) > threshold
     b, c, low_h, low_w = low_res.shape
     flat = low_res.reshape(b * c, low_h, low_w)
     crops, wide = _boxed(flat, input_size, original_size)
@@ -87,6 +96,11 @@ def binary_masks(
             part, (y, x) = crop
             mask[y : y + part.shape[0], x : x + part.shape[1]] = part
     return out.view(b, c, *original_size)
+
+
+def _crops_apply(low_res: torch.Tensor, threshold: float) -> bool:
+    """The crops are exact for threshold 0 only, and used on a CPU only."""
+    return threshold == 0.0 and low_res.device.type == "cpu"
 
 
 def _boxed(

@@ -253,14 +253,10 @@ def _upscale_chosen(
     # A few masks at a time: their full-size logits stay in cache and are never all held at
     # once (32 of them at 1024 x 1024 are 128 MiB, and allocating that took half the time).
     for part in best.split(UPSCALE_CHUNK):
-        if model.mask_threshold == 0.0 and part.device.type == "cpu":
-            # Each mask upscaled only around its positive logits (engine/mask_upscaling.py),
-            # on a CPU as in SamPredictor: the same bits as the full upscaling below.
-            crops = binary_crops(part[:, 0], *size, model.postprocess_masks)
-            packed.extend(PackedMask.from_mask(c.cpu().numpy(), at, shape) for c, at in crops)
-        else:
-            binary = (model.postprocess_masks(part, *size)[:, 0] > model.mask_threshold).cpu()
-            packed.extend(PackedMask.from_mask(m) for m in binary.numpy())
+        # Each mask upscaled only around its positive logits where that is exact, as in
+        # SamPredictor (engine/mask_upscaling.py).
+        crops = binary_crops(part[:, 0], *size, model.postprocess_masks, model.mask_threshold)
+        packed.extend(PackedMask.from_mask(c.cpu().numpy(), at, shape) for c, at in crops)
     return (
         packed,
         iou[rows, chosen].float().cpu().numpy(),

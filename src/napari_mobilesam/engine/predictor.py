@@ -328,11 +328,8 @@ class SamPredictor:
         size = (self.input_size, self.original_size)
         if return_logits:
             return model.postprocess_masks(low_res, *size)
-        if self.device.type == "cpu" and model.mask_threshold == 0.0:
-            # Only around each mask's positive logits, with the same bits (mask_upscaling.py);
-            # on a GPU the full upscaling is one fast call, and a box per mask would stall it.
-            return binary_masks(low_res, *size, model.postprocess_masks)
-        return model.postprocess_masks(low_res, *size) > model.mask_threshold
+        # Only around each mask's positive logits where that is exact (mask_upscaling.py).
+        return binary_masks(low_res, *size, model.postprocess_masks, model.mask_threshold)
 
 
 _EXPECTED = {
